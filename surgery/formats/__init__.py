@@ -1,0 +1,66 @@
+"""The format registry: a plain dict from format name to module, resolved lazily.
+
+Every format module has the same face:
+
+- ``SUFFIXES``: file suffixes it claims (``(".safetensors",)``).
+- ``sniff(path) -> bool``: whether the file or folder is of this format, by
+  content where content tells (magic bytes, zip members), by suffix otherwise.
+  It must not import a framework.
+- ``read(path, **options) -> LayerGraph``: headers only; data stays lazy.
+- ``write(graph, path, **options) -> None``: writes ``path`` (the caller has
+  already made it a temporary file in the target's folder).
+
+Modules import their framework inside ``read``/``write``, never at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import Any
+
+from ..errors import FormatError
+from ..graph import LayerGraph
+
+# Order matters: ``detect`` asks each module's ``sniff`` in this order.
+FORMATS: dict[str, str] = {
+    "safetensors": "surgery.formats.safetensors",
+    "torch": "surgery.formats.torch",
+    "folder": "surgery.formats.folder",
+}
+
+
+def module(name: str) -> ModuleType:
+    """The module of a registered format."""
+    try:
+        return importlib.import_module(FORMATS[name])
+    except KeyError:
+        raise FormatError(f"unknown format {name!r}; known: {', '.join(FORMATS)}") from None
+
+
+def detect(path: str | os.PathLike) -> str:
+    """The name of the format of ``path``, by content first, then by suffix."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FormatError(f"{path}: no such file or folder")
+    for name in FORMATS:
+        if module(name).sniff(path):
+            return name
+    raise FormatError(f"{path}: not a checkpoint surgery can read (known formats: {', '.join(FORMATS)})")
+
+
+def for_output(path: str | os.PathLike) -> str:
+    """The format to write ``path`` in, from its suffix."""
+    path = os.fspath(path)
+    lowered = path.lower()
+    for name in FORMATS:
+        if any(lowered.endswith(s) for s in module(name).SUFFIXES):
+            return name
+    raise FormatError(f"{path}: cannot tell the output format from its name")
+
+
+def read(path: str | os.PathLike, *, format: str | None = None, **options: Any) -> LayerGraph:
+    """Read any checkpoint into a lazy LayerGraph."""
+    name = format or detect(path)
+    return module(name).read(os.fspath(path), **options)

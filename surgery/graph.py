@@ -1,0 +1,187 @@
+"""The framework-neutral layer graph: LayerGraph, Layer, Param.
+
+A ``Param`` is a lazy tensor in the canonical (PyTorch/ONNX) layout: its shape
+and dtype are known from the file's header; its bytes are read only when
+``read()`` is called. Formats build graphs at their edges; the rest of
+surgery sees only these three classes and numpy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from . import dtypes
+from .errors import SurgeryError
+
+
+class Param:
+    """A lazy tensor: shape and dtype now, data on ``read()``.
+
+    Args:
+        shape: canonical shape.
+        dtype: a surgery dtype name (``"float32"``, ``"bfloat16"``...).
+        load: returns the data as a numpy array in canonical layout.
+        key: the tensor's name in its file, as the format spells it.
+        layout: how the native layout was turned into the canonical one
+            (``"HWIO->OIHW"``), empty when they are the same.
+        ident: equal for two params that are one storage (tied weights).
+    """
+
+    __slots__ = ("shape", "dtype", "_load", "key", "layout", "ident")
+
+    def __init__(
+        self,
+        shape: Iterable[int],
+        dtype: str,
+        load: Callable[[], np.ndarray],
+        *,
+        key: str = "",
+        layout: str = "",
+        ident: Hashable | None = None,
+    ) -> None:
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = dtype
+        self._load = load
+        self.key = key
+        self.layout = layout
+        self.ident = ident
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray, *, key: str = "", ident: Hashable | None = None) -> "Param":
+        """A param holding an array already in memory."""
+        return cls(arr.shape, dtypes.of_array(arr), lambda: arr, key=key, ident=ident)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtypes.itemsize(self.dtype)
+
+    def read(self) -> np.ndarray:
+        """Read the data; raises SurgeryError if it disagrees with the header."""
+        arr = np.asarray(self._load())
+        if tuple(arr.shape) != self.shape or dtypes.of_array(arr) != self.dtype:
+            raise SurgeryError(
+                f"tensor {self.key or '?'}: header says {self.dtype}{list(self.shape)}, "
+                f"data is {dtypes.of_array(arr)}{list(arr.shape)}"
+            )
+        return arr
+
+    def __repr__(self) -> str:
+        return f"Param({self.key!r}, {self.dtype}{list(self.shape)})"
+
+
+@dataclass
+class Layer:
+    """A layer: named params in canonical roles, arithmetic attributes, frozen flag."""
+
+    name: str
+    kind: str = "unknown"
+    params: dict[str, Param] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    frozen: bool = False
+
+    def key(self, role: str) -> str:
+        """The full canonical tensor name of one of this layer's roles."""
+        if not role:
+            return self.name
+        return f"{self.name}.{role}" if self.name else role
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel for p in self.params.values())
+
+    def signature(self) -> tuple:
+        """Kind and canonical shapes: what ``match: shape`` compares."""
+        return (self.kind, tuple((r, p.shape) for r, p in self.params.items()))
+
+
+class LayerGraph:
+    """An ordered collection of layers read from (or bound for) one checkpoint.
+
+    Args:
+        layers: in execution order where the format knows it.
+        path: the file or folder it was read from, if any.
+        format: the registry name of that file's format.
+        meta: format-specific facts a writer of the same format may need, and
+            ``notes``: things the reader recognised and the user should hear
+            (a stripped ``module.`` prefix, an unwrapped ``{"state_dict": ...}``).
+    """
+
+    def __init__(
+        self,
+        layers: Iterable[Layer],
+        *,
+        path: str | None = None,
+        format: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.layers: dict[str, Layer] = {}
+        for layer in layers:
+            if layer.name in self.layers:
+                raise SurgeryError(f"{path or 'graph'}: layer {layer.name!r} appears twice")
+            self.layers[layer.name] = layer
+        self.path = path
+        self.format = format
+        self.meta = meta if meta is not None else {}
+        self.meta.setdefault("notes", [])
+
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Param], *, natural_order: bool = False, **kwargs: Any
+    ) -> "LayerGraph":
+        """Group a flat ``name -> Param`` mapping into layers and infer their kinds."""
+        from .kinds import group
+
+        return cls(group(params, natural_order=natural_order), **kwargs)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers.values())
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.layers
+
+    def __getitem__(self, name: str) -> Layer:
+        return self.layers[name]
+
+    def tensors(self) -> Iterator[tuple[str, Param]]:
+        """Every tensor as ``(canonical full name, Param)``, in layer order."""
+        for layer in self.layers.values():
+            for role, param in layer.params.items():
+                yield layer.key(role), param
+
+    def state(self) -> dict[str, Param]:
+        return dict(self.tensors())
+
+    @property
+    def numel(self) -> int:
+        return sum(layer.numel for layer in self)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for _, p in self.tensors())
+
+    @property
+    def notes(self) -> list[str]:
+        return self.meta["notes"]
+
+    def __repr__(self) -> str:
+        return f"LayerGraph({self.path or '<memory>'}, {len(self)} layers, {self.numel:,} params)"
+
+
+_NUM = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts ``layer.2`` before ``layer.10``."""
+    return [int(part) if part.isdigit() else part for part in _NUM.split(name)]

@@ -1,0 +1,83 @@
+"""Atomic writes, hashing and progress."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import tempfile
+from typing import Iterator
+
+from .errors import SurgeryError
+
+_CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, *, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary path beside ``target``; on success move it over ``target``.
+
+    The caller writes the temporary path (file or folder). On normal exit it is
+    fsynced and renamed over the target, so a crash at any moment leaves the old
+    target or the complete new one; on an exception it is removed.
+    """
+    target = os.path.abspath(os.fspath(target))
+    folder = os.path.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=f"{suffix}.tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, target)
+        _fsync(folder)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file (both must exist to be the same)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def refuse_overwrite(src: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Refuse to write over a source: the source is never opened for writing."""
+    if same_file(src, out):
+        raise SurgeryError(f"{out}: output is the source file; choose another output (-o)")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file, or of every file in a folder in sorted order."""
+    digest = hashlib.sha256()
+    paths = [os.fspath(path)]
+    if os.path.isdir(path):
+        paths = sorted(
+            os.path.join(root, f) for root, _, files in os.walk(path) for f in files
+        )
+    for p in paths:
+        with open(p, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def progress(total: int, *, desc: str, unit: str = "B", quiet: bool = False):
+    """A tqdm bar on stderr when stderr is a terminal; a silent stand-in otherwise."""
+    from tqdm import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=disable, file=sys.stderr, leave=False)

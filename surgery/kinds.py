@@ -1,0 +1,91 @@
+"""Grouping flat tensor names into layers, and inferring each layer's kind.
+
+A ``state_dict`` says nothing about layer kinds; the roles (``weight``,
+``running_mean``, ``weight_ih_l0``...) and the ranks of the tensors do. The
+rules below are ordered from the most to the least specific; whatever none of
+them recognises is ``unknown`` and passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+from .graph import Layer, Param, natural_key
+
+KINDS = (
+    "dense", "conv1d", "conv2d", "conv3d", "conv_transpose", "depthwise_conv2d",
+    "separable_conv2d", "batch_norm", "layer_norm", "embedding", "lstm", "gru",
+    "multi_head_attention", "prelu", "unknown",
+)
+
+_RNN_ROLE = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
+_MHA_CHILD = "out_proj"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``features.0.weight`` -> (``features.0``, ``weight``); a bare ``cls_token`` -> (``cls_token``, "")."""
+    layer, dot, role = key.rpartition(".")
+    return (layer, role) if dot else (key, "")
+
+
+def group(params: Mapping[str, Param], *, natural_order: bool = False) -> list[Layer]:
+    """Group ``full name -> Param`` into layers, in first-seen (or natural) order."""
+    names = sorted(params, key=natural_key) if natural_order else list(params)
+    layers: dict[str, Layer] = {}
+    for key in names:
+        name, role = split_key(key)
+        layers.setdefault(name, Layer(name)).params[role] = params[key]
+    _fold_attention_outputs(layers)
+    for layer in layers.values():
+        layer.kind = infer_kind(layer.name, layer.params)
+    return list(layers.values())
+
+
+def _fold_attention_outputs(layers: dict[str, Layer]) -> None:
+    """Make ``attn.out_proj`` part of ``attn`` when ``attn`` has a fused in-projection.
+
+    ``nn.MultiheadAttention`` keeps its output projection as a child module;
+    as a layer it is one unit, which is how Keras sees it too.
+    """
+    for name in list(layers):
+        layer = layers.get(name)
+        child = layers.get(f"{name}.{_MHA_CHILD}")
+        if layer is None or child is None or "in_proj_weight" not in layer.params:
+            continue
+        for role, param in child.params.items():
+            layer.params[f"{_MHA_CHILD}.{role}"] = param
+        del layers[child.name]
+
+
+def infer_kind(name: str, params: Mapping[str, Param]) -> str:
+    """The layer kind from role names, ranks and (last) the layer's name."""
+    roles = set(params)
+    lowered = name.lower()
+    if {"running_mean", "running_var"} <= roles:
+        return "batch_norm"
+    if "in_proj_weight" in roles or "q_proj_weight" in roles:
+        return "multi_head_attention"
+    if "weight_ih_l0" in roles and "weight_hh_l0" in roles:
+        return _rnn_kind(params)
+    weight = params.get("weight")
+    if weight is None:
+        return "unknown"
+    rank = len(weight.shape)
+    if rank == 2:
+        return "embedding" if "emb" in lowered or lowered.endswith(("wte", "wpe")) else "dense"
+    if rank in (3, 4, 5):
+        if "transpose" in lowered or "deconv" in lowered:
+            return "conv_transpose"
+        return f"conv{rank - 2}d"
+    if rank == 1:
+        if "prelu" in lowered:
+            return "prelu"
+        return "layer_norm"
+    return "unknown"
+
+
+def _rnn_kind(params: Mapping[str, Param]) -> str:
+    hidden = params["weight_hh_l0"].shape[-1]
+    gates = params["weight_ih_l0"].shape[0] // max(hidden, 1)
+    return {4: "lstm", 3: "gru"}.get(gates, "unknown")
