@@ -1,0 +1,111 @@
+"""The Python API. Every CLI command is one call to a function here."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from . import formats
+from .apply import Transplant, apply_plan, save
+from .diff import DiffReport, diff as _diff
+from .errors import SurgeryError
+from .graph import LayerGraph
+from .plan import Plan, make_plan
+
+Source = "str | os.PathLike | LayerGraph"
+
+
+def load(path: "str | os.PathLike | LayerGraph", *, unsafe_pickle: bool = False, format: str | None = None) -> LayerGraph:
+    """Read any checkpoint into a lazy LayerGraph (headers only).
+
+    Example:
+        >>> g = surgery.load("model.safetensors")   # doctest: +SKIP
+        >>> g["features.0"].params["weight"].shape  # doctest: +SKIP
+        (64, 3, 7, 7)
+    """
+    if isinstance(path, LayerGraph):
+        return path
+    options = {"unsafe_pickle": True} if unsafe_pickle else {}
+    return formats.read(path, format=format, **options)
+
+
+def plan(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str] = (), match: str | None = None,
+         unsafe_pickle: bool = False) -> Plan:
+    """Pair two checkpoints (paths or graphs) without reading any tensor data.
+
+    Raises:
+        MapError, PlanError, FormatError: with a message naming the file, layer or map line.
+    """
+    return make_plan(load(src, unsafe_pickle=unsafe_pickle), load(dst, unsafe_pickle=unsafe_pickle),
+                     mapping, freeze=freeze, match=match)
+
+
+def transplant(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str] = (), strict: bool = False,
+               match: str | None = None, unsafe_pickle: bool = False) -> Transplant:
+    """Plan and apply: the destination with the source's weights, lazily; write it with ``save``.
+
+    Raises:
+        PlanError: with ``strict=True``, when a destination layer is left as
+            initialised that the map did not ``keep``, or a source layer is unused
+            that the map did not ``skip``.
+    """
+    p = plan(src, dst, mapping, freeze=freeze, match=match, unsafe_pickle=unsafe_pickle)
+    if strict and not p.strict_ok:
+        raise StrictError(p)
+    return apply_plan(p)
+
+
+class StrictError(SurgeryError):
+    """``strict`` transplant refused: something was left unpaired. Carries the plan."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        parts = []
+        if plan.uncovered:
+            parts.append(f"destination layers left as initialised: {', '.join(plan.uncovered)}")
+        if plan.unused:
+            parts.append(f"source layers unused: {', '.join(plan.unused)}")
+        super().__init__("strict: " + "; ".join(parts) + " (pair them, or list them under keep/skip)")
+
+
+def diff(a: Any, b: Any, *, unsafe_pickle: bool = False) -> DiffReport:
+    """Compare two checkpoints tensor by tensor."""
+    return _diff(load(a, unsafe_pickle=unsafe_pickle), load(b, unsafe_pickle=unsafe_pickle))
+
+
+def _is_keras(obj: Any) -> bool:
+    return type(obj).__module__.startswith(("keras", "tf_keras"))
+
+
+def load_into(model: Any, path: Any, mapping: Any = None, *, freeze: Iterable[str] = (), strict: bool = False,
+              unsafe_pickle: bool = False) -> Transplant:
+    """Copy a checkpoint's weights into a live ``torch.nn.Module`` (or ``keras.Model``) and freeze layers.
+
+    Returns the Transplant, whose plan says what was copied and what was not.
+
+    Example:
+        >>> surgery.load_into(net, "vgg16.h5", mapping="map.yaml", freeze=["features.*"])  # doctest: +SKIP
+    """
+    if _is_keras(model):
+        from .live import keras as live
+    else:
+        from .live import torch as live
+    dst = live.graph_of(model)
+    result = transplant(path, dst, mapping, freeze=freeze, strict=strict, unsafe_pickle=unsafe_pickle)
+    values = {t.destination: t.param.read() for p in result.plan.pairs for t in p.tensors}
+    live.assign(model, values)
+    if result.plan.frozen:
+        live.freeze(model, result.plan.frozen)
+    return result
+
+
+def freeze(model: Any, globs: Iterable[str]) -> list[str]:
+    """Freeze a live model's layers by glob (``requires_grad=False`` / ``trainable=False``)."""
+    if _is_keras(model):
+        from .live import keras as live
+    else:
+        from .live import torch as live
+    return live.freeze(model, globs)
+
+
+__all__ = ["load", "plan", "transplant", "save", "diff", "load_into", "freeze", "StrictError"]

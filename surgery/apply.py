@@ -1,0 +1,174 @@
+"""Carrying out a plan: the output graph, streamed writes, the sidecar record.
+
+``apply_plan`` builds the output graph without reading data: the destination's
+layers, with each planned tensor replaced by its lazy recipe. ``save`` streams
+it into the writer one tensor at a time, hashing each copied tensor and
+counting non-finite values on the way, then writes ``OUT.surgery.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__, dtypes, formats
+from .errors import SurgeryError
+from .graph import Layer, LayerGraph, Param
+from .io import atomic_path, progress, refuse_overwrite, sha256_file
+from .plan import Plan
+
+
+@dataclass
+class Transplant:
+    """The result of a transplant: the plan and the output graph (lazy until saved)."""
+
+    plan: Plan
+    graph: LayerGraph
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)   # destination tensor -> sha256, non-finite count
+    output: str | None = None
+    verify: dict[str, Any] | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        bad = [f"{k}: {s['nonfinite']} NaN/Inf values copied" for k, s in self.stats.items() if s.get("nonfinite")]
+        return self.plan.warnings + bad
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.plan.to_dict()
+        for pair in out["pairs"]:
+            for t in pair["tensors"]:
+                t.update(self.stats.get(t["destination"], {}))
+        out["warnings"] = self.warnings
+        out["output"] = self.output
+        out["verify"] = self.verify
+        return out
+
+    def __str__(self) -> str:
+        from .report import plan_text
+
+        return plan_text(self.plan, warnings=self.warnings)
+
+
+def apply_plan(plan: Plan) -> Transplant:
+    """The destination graph with every planned tensor replaced; frozen flags set."""
+    copies = plan.copies()
+    frozen = set(plan.frozen)
+    settings = _settings(plan)
+    layers = []
+    for layer in plan.dst:
+        params = {role: copies[layer.key(role)].param if layer.key(role) in copies else p
+                  for role, p in layer.params.items()}
+        attrs = dict(layer.attrs)
+        if layer.name in settings:
+            attrs["set"] = settings[layer.name]
+        layers.append(Layer(layer.name, layer.kind, params, attrs, frozen=layer.name in frozen))
+    graph = LayerGraph(layers, path=plan.dst.path, format=plan.dst.format, meta=dict(plan.dst.meta))
+    return Transplant(plan, graph)
+
+
+def _settings(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Source settings a destination that carries its configuration should take (BatchNorm eps)."""
+    out = {}
+    for pair in plan.pairs:
+        src = plan.src[pair.source]
+        for name in pair.destinations:
+            if src.kind in ("batch_norm", "layer_norm") and "eps" in src.attrs and src.attrs["eps"] != plan.dst[name].attrs.get("eps"):
+                out[name] = {"eps": src.attrs["eps"]}
+    return out
+
+
+def _watched(graph: LayerGraph, on_read: Callable[[str, np.ndarray], None]) -> LayerGraph:
+    """The same graph whose params report each array they read."""
+    layers = []
+    for layer in graph:
+        params = {}
+        for role, p in layer.params.items():
+            def load(p: Param = p, key: str = layer.key(role)) -> np.ndarray:
+                arr = p.read()
+                on_read(key, arr)
+                return arr
+            params[role] = Param(p.shape, p.dtype, load, key=p.key, layout=p.layout, ident=p.ident)
+        layers.append(Layer(layer.name, layer.kind, params, layer.attrs, layer.frozen))
+    return LayerGraph(layers, path=graph.path, format=graph.format, meta=graph.meta)
+
+
+def nonfinite(arr: np.ndarray) -> int:
+    """How many NaN/Inf values a floating array holds (0 for integers)."""
+    if not dtypes.is_floating(dtypes.of_array(arr)):
+        return 0
+    return int(arr.size - np.count_nonzero(np.isfinite(arr.astype(np.float32, copy=False))))
+
+
+def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_size: int | None = None,
+         quiet: bool = True, source: str | None = None) -> list[str]:
+    """Write a graph (or a transplant's output) atomically; returns the files written.
+
+    A transplant also gets ``PATH.surgery.json``: the source's sha256, the map,
+    the pairs with each copied tensor's sha256, the frozen layers.
+    """
+    path = os.fspath(path)
+    result = obj if isinstance(obj, Transplant) else None
+    graph = result.graph if result else obj
+    for origin in filter(None, [source, result and result.plan.src.path]):
+        refuse_overwrite(origin, path)
+    name = formats.for_output(path)
+    copied = set(result.plan.copies()) if result else set()
+    bar = progress(graph.nbytes, desc=f"writing {os.path.basename(path)}", quiet=quiet)
+
+    def on_read(key: str, arr: np.ndarray) -> None:
+        bar.update(arr.nbytes)
+        if result is not None and key in copied:
+            result.stats[key] = {"sha256": hashlib.sha256(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)).hexdigest(),
+                                 "nonfinite": nonfinite(arr)}
+
+    watched = _watched(graph, on_read)
+    with bar:
+        if name == "safetensors" and max_shard_size:
+            from .formats.safetensors import write_sharded
+
+            written = write_sharded(watched, path, max_shard_size)
+        else:
+            with atomic_path(path) as tmp:
+                formats.module(name).write(watched, tmp)
+            written = [path]
+    if result is not None:
+        result.output = path
+        written.append(write_record(result, path))
+    return written
+
+
+def write_record(result: Transplant, path: str) -> str:
+    """Write ``PATH.surgery.json`` for a later ``check``/``verify``."""
+    src = result.plan.src
+    record = {
+        "surgery": __version__,
+        "source": {"path": src.path, "format": src.format, "sha256": sha256_file(src.path) if src.path and os.path.exists(src.path) else None},
+        "destination": {"path": result.plan.dst.path, "format": result.plan.dst.format},
+        **result.to_dict(),
+    }
+    record_path = f"{path}.surgery.json"
+    with atomic_path(record_path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2, default=str)
+    return record_path
+
+
+def parse_size(text: str) -> int:
+    """``"5GB"`` -> 5_000_000_000; ``"512MiB"`` -> 536870912; bare numbers are bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    s = text.strip().upper()
+    number = s.rstrip("KMGTIB")
+    unit = s[len(number):]
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise SurgeryError(f"size {text!r} is not a size like 5GB or 512MiB") from None
+    if value <= 0:
+        raise SurgeryError(f"size {text!r} must be positive")
+    return int(value)

@@ -1,0 +1,182 @@
+"""The ``surgery`` command line. Each command parses, calls one API function, prints.
+
+A ``SurgeryError`` becomes one line on stderr and exit code 2; so does any
+other failure unless ``--debug`` asks for the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from .errors import SurgeryError
+
+EXIT_FAIL, EXIT_BAD_INPUT = 1, 2
+
+
+class _Group(click.Group):
+    """Turns errors into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except SurgeryError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"surgery: error: {e}", err=True)
+            raise click.exceptions.Exit(EXIT_BAD_INPUT) from None
+        except Exception as e:  # a bug or an unexpected library error: still one line, unless --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"surgery: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+            raise click.exceptions.Exit(EXIT_BAD_INPUT) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="surgery")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Move trained weights between networks and frameworks, and prove the result."""
+    ctx.obj = {"debug": debug}
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+unsafe_option = click.option(
+    "--unsafe-pickle", is_flag=True,
+    help="DANGEROUS: let PyTorch pickles run code (torch.load weights_only=False). Only for files you trust.")
+
+
+@cli.command()
+@click.argument("ckpt", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--tensors", is_flag=True, help="Also list every tensor with its native name and layout.")
+@unsafe_option
+def inspect(ckpt: str, as_json: bool, tensors: bool, unsafe_pickle: bool) -> None:
+    """One row per layer of CKPT: name, kind, param shapes, dtype, count, frozen.
+
+    Reads headers only: no tensor data is loaded.
+    """
+    from . import api, report
+
+    graph = api.load(ckpt, unsafe_pickle=unsafe_pickle)
+    if as_json:
+        _emit(report.inspect_dict(graph))
+    else:
+        click.echo(report.inspect_text(graph, tensors=tensors))
+
+
+@cli.command("map")
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--match", type=click.Choice(["name", "shape"]), default="name", show_default=True,
+              help="How to pair layers the map does not name.")
+@click.option("--map", "mapping", type=click.Path(), help="Start from this map (its rename rules, pairs...).")
+@click.option("-o", "--output", type=click.Path(), help="Write the proposed map here instead of stdout.")
+@unsafe_option
+def map_command(src: str, dst: str, match: str, mapping: str | None, output: str | None, unsafe_pickle: bool) -> None:
+    """Propose a map.yaml pairing SRC's layers with DST's, with a comment on how each pair was found."""
+    from . import api
+    from .io import atomic_path
+
+    plan = api.plan(src, dst, mapping, match=match, unsafe_pickle=unsafe_pickle)
+    text = plan.to_yaml()
+    if output:
+        with atomic_path(output) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+        click.echo(f"wrote {output}: {len(plan.pairs)} pairs, {len(plan.unused) + len(plan.uncovered)} unpaired")
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--map", "mapping", type=click.Path(), help="map.yaml: rename rules, explicit pairs, skip/keep/freeze.")
+@click.option("-o", "--output", type=click.Path(), help="Output file (default: DST, replaced atomically).")
+@click.option("--match", type=click.Choice(["name", "shape", "none"]), help="Override the map's `match`.")
+@click.option("--freeze", multiple=True, metavar="GLOB", help="Mark destination layers frozen (repeatable).")
+@click.option("--strict", is_flag=True, help="Exit 1, writing nothing, if any layer is left unpaired and not kept/skipped.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; read no tensor data, write nothing.")
+@click.option("--report", "report_path", type=click.Path(), help="Also write the report as JSON here.")
+@click.option("--max-shard-size", metavar="SIZE", help="Write sharded safetensors with shards of at most SIZE (e.g. 5GB).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@unsafe_option
+def transplant(src: str, dst: str, mapping: str | None, output: str | None, match: str | None, freeze: tuple[str, ...],
+               strict: bool, dry_run: bool, report_path: str | None, max_shard_size: str | None, as_json: bool,
+               quiet: bool, unsafe_pickle: bool) -> None:
+    """Copy SRC's weights into DST's layers as the map says, and write the result.
+
+    Writes OUT (default DST, replaced atomically) and OUT.surgery.json, and prints
+    the report: pairs with their transforms, unused and kept layers, frozen layers,
+    warnings. Exit 0 ok, 1 when --strict fails, 2 on bad input.
+    """
+    from . import api
+    from .apply import apply_plan, parse_size
+    from .io import refuse_overwrite
+
+    out = output or dst
+    refuse_overwrite(src, out)
+    shard = parse_size(max_shard_size) if max_shard_size else None
+    plan = api.plan(src, dst, mapping, freeze=freeze, match=match, unsafe_pickle=unsafe_pickle)
+    if dry_run or (strict and not plan.strict_ok):
+        _report(plan, plan.to_dict(), as_json, report_path)
+        if strict and not plan.strict_ok:
+            click.echo(f"surgery: {api.StrictError(plan)}; nothing written", err=True)
+            sys.exit(EXIT_FAIL)
+        return
+    result = apply_plan(plan)
+    api.save(result, out, max_shard_size=shard, quiet=quiet, source=src)
+    _report(result, result.to_dict(), as_json, report_path)
+    if not as_json:
+        click.echo(f"wrote {out} and {out}.surgery.json")
+
+
+def _report(obj: Any, data: dict, as_json: bool, report_path: str | None) -> None:
+    from .io import atomic_path
+
+    if report_path:
+        with atomic_path(report_path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2, default=str)
+    if as_json:
+        _emit(data)
+    else:
+        click.echo(str(obj))
+
+
+@cli.command()
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@unsafe_option
+def diff(a: str, b: str, as_json: bool, unsafe_pickle: bool) -> None:
+    """Compare A and B tensor by tensor: equal, changed (max abs diff), only in A/B, shape or dtype differs.
+
+    Exit 0 when the same, 1 when they differ, 2 on bad input.
+    """
+    from . import api
+
+    result = api.diff(a, b, unsafe_pickle=unsafe_pickle)
+    _emit(result.to_dict()) if as_json else click.echo(str(result))
+    sys.exit(0 if result else EXIT_FAIL)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="surgery")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""A model folder (Hugging Face style) resolved to its weight files.
+
+Preference: safetensors (index, then single file), then PyTorch (index, then
+single file), then Keras ``tf_model.h5``, then a SavedModel. The graph that
+comes back is the resolved file's, so writers treat it like that file.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any
+
+from ..errors import fail
+from ..graph import LayerGraph
+
+SUFFIXES: tuple[str, ...] = ()
+CANDIDATES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+    "tf_model.h5",
+    "saved_model.pb",
+)
+
+
+def sniff(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def resolve(path: str) -> str:
+    """The weight file (or index, or SavedModel folder) a model folder stands for."""
+    for name in CANDIDATES:
+        candidate = os.path.join(path, name)
+        if os.path.exists(candidate):
+            return path if name == "saved_model.pb" else candidate
+    for pattern in ("*.safetensors.index.json", "*.safetensors", "*.pt", "*.pth", "*.bin", "*.keras", "*.h5", "*.onnx"):
+        found = sorted(glob.glob(os.path.join(path, pattern)))
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1 and not pattern.endswith(".safetensors"):
+            raise fail(path, f"several weight files match {pattern}: {', '.join(map(os.path.basename, found))}; name one")
+    raise fail(path, "folder holds no weight file surgery knows (model.safetensors, pytorch_model.bin, tf_model.h5, saved_model.pb...)")
+
+
+def read(path: str, **options: Any) -> LayerGraph:
+    from . import detect, module
+
+    target = resolve(path)
+    if target.endswith("pytorch_model.bin.index.json"):
+        return _read_torch_shards(target, **options)
+    name = "saved_model" if target == path else detect(target)
+    graph = module(name).read(target, **options)
+    graph.meta["folder"] = path
+    return graph
+
+
+def _read_torch_shards(index_path: str, **options: Any) -> LayerGraph:
+    """A sharded ``pytorch_model.bin`` set: each shard read lazily, one graph."""
+    from . import torch as torch_format
+
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise fail(index_path, f"not a shard index ({type(e).__name__}: {e})") from None
+    folder = os.path.dirname(index_path)
+    params = {}
+    notes = []
+    for shard in dict.fromkeys(weight_map.values()):
+        if os.path.isabs(shard) or ".." in shard.split("/"):
+            raise fail(index_path, f"shard {shard!r} is not a file name inside the index's folder")
+        graph = torch_format.read(os.path.join(folder, shard), **options)
+        params.update(graph.state())
+        notes.extend(graph.notes)
+    graph = LayerGraph.from_params(params, path=index_path, format="torch_shards")
+    graph.notes.extend(notes)
+    return graph
+
+
+def write(graph: LayerGraph, path: str, **_: Any) -> None:
+    raise fail(path, "cannot write a folder; name an output file (e.g. model.safetensors)")

@@ -1,0 +1,190 @@
+"""PyTorch ``state_dict`` files (``.pt``, ``.pth``, ``.bin``; zip or legacy).
+
+Loaded with ``torch.load(weights_only=True)`` and memory-mapped where the file
+is a zip, so no code from the file runs and no tensor data is read until it is
+needed. Checkpoints that wrap the weights (``{"state_dict": ...}``,
+``{"model": ...}``) and the ``module.`` / ``_orig_mod.`` prefixes of DDP and
+``torch.compile`` are recognised, stripped, reported in ``graph.notes`` and put
+back on write, so a replaced checkpoint still loads where the old one did.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from typing import Any, Mapping
+
+import numpy as np
+
+from .. import dtypes
+from ..errors import UnsafePickleError, fail
+from ..graph import LayerGraph, Param
+
+SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_ema", "ema")
+PREFIXES = ("module.", "_orig_mod.")
+# The first bytes of a legacy (pre-1.6) torch.save: protocol 2, then the magic number as a long.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def sniff(path: str) -> bool:
+    if os.path.isdir(path):
+        return False
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return path.lower().endswith(SUFFIXES)
+        has_pickle = any(n.endswith("/data.pkl") or n == "data.pkl" for n in names)
+        is_other = any("/code/" in n or n.startswith("code/") or n == "config.json" for n in names)
+        return has_pickle and not is_other
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    return head == _LEGACY_MAGIC or path.lower().endswith(SUFFIXES)
+
+
+def read(path: str, *, unsafe_pickle: bool = False, **_: Any) -> LayerGraph:
+    """Read a state_dict lazily (``mmap``) without running pickled code unless ``unsafe_pickle``."""
+    obj = _load(path, unsafe_pickle)
+    state, wrapper = _find_state(path, obj)
+    notes = []
+    if wrapper:
+        notes.append(f"weights found under checkpoint[{wrapper!r}]; other entries are kept on write")
+    state, prefix, skipped = _clean(state)
+    if prefix:
+        notes.append(f"stripped the {prefix!r} prefix from every key (DDP / torch.compile); it is put back on write")
+    if skipped:
+        notes.append(f"{len(skipped)} non-tensor entries ignored: {', '.join(skipped[:5])}")
+    params = {}
+    for key, tensor in state.items():
+        params[key] = _param(key, tensor)
+    graph = LayerGraph.from_params(params, path=path, format="torch")
+    graph.meta.update(wrapper=wrapper, prefix=prefix)
+    graph.notes.extend(notes + _tied_notes(params))
+    return graph
+
+
+def _load(path: str, unsafe_pickle: bool) -> Any:
+    import torch
+
+    mmap = zipfile.is_zipfile(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            reason = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "it holds Python objects")
+            raise UnsafePickleError(
+                f"{path}: refused to unpickle: {reason}. This would run code from the file; "
+                "if you trust it, rerun with --unsafe-pickle (dangerous)") from None
+        raise fail(path, f"not a readable PyTorch checkpoint ({e})") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, ValueError... for damaged files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise fail(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from None
+
+
+def _is_tensor_map(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, Mapping) and any(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _find_state(path: str, obj: Any) -> tuple[Mapping, str | None]:
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        return obj.state_dict(), None
+    if isinstance(obj, Mapping):
+        for key in WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, torch.nn.Module):
+                inner = inner.state_dict()
+            if _is_tensor_map(inner):
+                return inner, key
+        if _is_tensor_map(obj):
+            return obj, None
+    raise fail(path, f"no state_dict found: the file holds a {type(obj).__name__}"
+                     + (f" with keys {list(obj)[:8]}" if isinstance(obj, Mapping) else ""))
+
+
+def _clean(state: Mapping) -> tuple[dict, str, list[str]]:
+    """Drop non-tensors; strip a prefix that every key carries."""
+    import torch
+
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    skipped = [str(k) for k in state if k not in tensors]
+    stripped = ""
+    for prefix in PREFIXES:
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+            stripped += prefix
+    return tensors, stripped, skipped
+
+
+def _param(key: str, tensor: Any) -> Param:
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    dtypes.get(dtype)
+    storage = tensor.untyped_storage()
+    ident = (storage.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+    return Param(tensor.shape, dtype, lambda: to_numpy(tensor), key=key, ident=ident)
+
+
+def _tied_notes(params: dict[str, Param]) -> list[str]:
+    first: dict = {}
+    notes = []
+    for key, param in params.items():
+        if param.ident in first:
+            notes.append(f"{key} is tied to {first[param.ident]} (one storage)")
+        else:
+            first[param.ident] = key
+    return notes
+
+
+def to_numpy(tensor: Any) -> np.ndarray:
+    """A CPU tensor as a numpy array of the same dtype (bfloat16/float8 as ml_dtypes), no copy when contiguous."""
+    import torch
+
+    np_dtype = dtypes.get(str(tensor.dtype).removeprefix("torch.")).numpy
+    flat = tensor.detach().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().view(np_dtype).reshape(tuple(tensor.shape))
+
+
+def to_tensor(arr: np.ndarray) -> Any:
+    """A numpy array (any surgery dtype) as a torch tensor, sharing memory where it can."""
+    import torch
+
+    name = dtypes.of_array(arr)
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    if not flat.flags.writeable:
+        flat = flat.copy()
+    return torch.from_numpy(flat.view(np.uint8)).view(getattr(torch, name)).reshape(arr.shape)
+
+
+def write(graph: LayerGraph, path: str, **_: Any) -> None:
+    """``torch.save`` the graph's tensors, tied tensors as one storage.
+
+    A graph read from a wrapped checkpoint or with a stripped prefix is written
+    back the same way: the other entries (optimizer, epoch...) of the original
+    file are kept, and the prefix restored.
+    """
+    import torch
+
+    state: dict[str, Any] = {}
+    made: dict = {}
+    prefix = graph.meta.get("prefix", "") if graph.format == "torch" else ""
+    for key, param in graph.tensors():
+        if param.ident is not None and param.ident in made:
+            state[prefix + key] = made[param.ident]
+            continue
+        tensor = to_tensor(param.read())
+        if param.ident is not None:
+            made[param.ident] = tensor
+        state[prefix + key] = tensor
+    wrapper = graph.meta.get("wrapper") if graph.format == "torch" else None
+    if wrapper and graph.path:
+        container = torch.load(graph.path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(graph.path))
+        container[wrapper] = state
+        torch.save(container, path)
+    else:
+        torch.save(state, path)

@@ -1,0 +1,103 @@
+"""A live ``torch.nn.Module`` as a LayerGraph, weights copied into it, layers frozen.
+
+Importing this module imports torch; ``surgery.load_into`` imports it only when
+it is handed a torch module.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Iterable
+
+import torch
+
+from ..errors import SurgeryError
+from ..formats.torch import to_numpy, to_tensor
+from ..graph import Layer, LayerGraph, Param
+from ..kinds import group
+
+# Module class -> kind: a live module says what a bare state_dict can only suggest.
+KINDS = {
+    torch.nn.Linear: "dense", torch.nn.Conv1d: "conv1d", torch.nn.Conv2d: "conv2d", torch.nn.Conv3d: "conv3d",
+    torch.nn.ConvTranspose1d: "conv_transpose", torch.nn.ConvTranspose2d: "conv_transpose",
+    torch.nn.ConvTranspose3d: "conv_transpose", torch.nn.modules.batchnorm._BatchNorm: "batch_norm",
+    torch.nn.LayerNorm: "layer_norm", torch.nn.Embedding: "embedding", torch.nn.LSTM: "lstm", torch.nn.GRU: "gru",
+    torch.nn.MultiheadAttention: "multi_head_attention", torch.nn.PReLU: "prelu",
+}
+
+
+def _kind(module: torch.nn.Module) -> str | None:
+    for cls, kind in KINDS.items():
+        if isinstance(module, cls):
+            return kind
+    return None
+
+
+def _attrs(module: torch.nn.Module) -> dict[str, Any]:
+    attrs = {}
+    for name in ("eps", "momentum", "groups"):
+        value = getattr(module, name, None)
+        if isinstance(value, (int, float)):
+            attrs[name] = value
+    for name in ("padding", "stride", "dilation"):
+        value = getattr(module, name, None)
+        if isinstance(value, (tuple, str)):
+            attrs[name] = list(value) if isinstance(value, tuple) else value
+    return attrs
+
+
+def graph_of(module: torch.nn.Module) -> LayerGraph:
+    """The module's state as a LayerGraph whose params read the live tensors."""
+    state = module.state_dict(keep_vars=True)
+    params = {k: Param(t.shape, str(t.dtype).removeprefix("torch."), lambda t=t: to_numpy(t.detach()), key=k)
+              for k, t in state.items()}
+    layers = group(params)
+    modules = dict(module.named_modules())
+    for layer in layers:
+        owner = modules.get(layer.name)
+        if owner is not None and _kind(owner):
+            layer.kind = _kind(owner)
+            layer.attrs.update(_attrs(owner))
+        layer.frozen = bool(layer.params) and owner is not None and not any(p.requires_grad for p in owner.parameters())
+    return LayerGraph(layers, path=None, format="live-torch")
+
+
+def assign(module: torch.nn.Module, values: dict[str, Any]) -> None:
+    """Copy ``full name -> numpy array`` into the module's tensors in place."""
+    state = module.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for key, arr in values.items():
+            target = state[key]
+            value = to_tensor(arr)
+            if tuple(value.shape) != tuple(target.shape):
+                raise SurgeryError(f"{key}: value has shape {list(value.shape)}, module expects {list(target.shape)}")
+            target.copy_(value.to(target.dtype))
+
+
+def _hold_eval(module: torch.nn.Module, _inputs: Any) -> None:
+    # A frozen BatchNorm normalises with its running statistics and never updates them,
+    # whatever mode the rest of the network is in (what timm's freeze achieves).
+    module.training = False
+
+
+def freeze(module: torch.nn.Module, globs: Iterable[str]) -> list[str]:
+    """Freeze every submodule whose name matches a glob; returns the names frozen.
+
+    Parameters get ``requires_grad=False``; BatchNorm layers inside also stop
+    updating their running statistics (they stay in eval mode during training).
+    """
+    globs = list(globs)
+    named = dict(module.named_modules())
+    for g in globs:
+        if not any(fnmatch.fnmatchcase(n, g) for n in named if n):
+            raise SurgeryError(f"freeze: {g!r} matches no submodule of {type(module).__name__}")
+    frozen = [n for n in named if n and any(fnmatch.fnmatchcase(n, g) for g in globs)]
+    for name in frozen:
+        for sub in named[name].modules():
+            for p in sub.parameters(recurse=False):
+                p.requires_grad_(False)
+            if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm) and not getattr(sub, "_surgery_frozen", False):
+                sub.register_forward_pre_hook(_hold_eval)
+                sub._surgery_frozen = True
+                sub.eval()
+    return frozen

@@ -1,0 +1,257 @@
+"""``map.yaml``: which source layer feeds which destination layer.
+
+The map is validated before any tensor is read, in two steps: ``load_map``
+checks its own structure (unknown keys, bad regexes, a destination named
+twice); ``Mapping.check_names`` checks every name and glob against the two
+graphs' headers. Every error names the map file and the line.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import MapError
+
+KEYS = ("version", "match", "rename", "layers", "skip", "keep", "freeze", "on_mismatch", "flatten")
+MATCH = ("name", "shape", "none")
+ON_MISMATCH = ("error", "skip", "slice")
+FLATTEN_KEYS = ("shape", "source_order", "dest_order")
+
+
+@dataclass
+class Entry:
+    """A value from the map with the line it came from (0 when built in Python)."""
+
+    value: Any
+    line: int = 0
+
+
+@dataclass
+class Mapping:
+    """A validated map. Build with ``load_map``."""
+
+    source: str = "<map>"
+    match: str = "name"
+    rename: list[tuple[re.Pattern, str, int]] = field(default_factory=list)
+    layers: dict[str, Entry] = field(default_factory=dict)      # source layer -> Entry([destination layers])
+    skip: list[Entry] = field(default_factory=list)
+    keep: list[Entry] = field(default_factory=list)
+    freeze: list[Entry] = field(default_factory=list)
+    on_mismatch: str = "error"
+    flatten: dict[str, Entry] = field(default_factory=dict)     # source layer -> Entry({shape, source_order, dest_order})
+
+    def where(self, line: int) -> str:
+        return f"{self.source}:{line}" if line else self.source
+
+    def error(self, line: int, problem: str) -> MapError:
+        return MapError(f"{self.where(line)}: {problem}")
+
+    def renamed(self, name: str) -> tuple[str, list[str]]:
+        """A source layer name after the ``rename`` rules, and the patterns that changed it."""
+        used = []
+        for pattern, repl, _ in self.rename:
+            new = pattern.sub(repl, name)
+            if new != name:
+                used.append(pattern.pattern)
+                name = new
+        return name, used
+
+    def check_names(self, src_names: Iterable[str], dst_names: Iterable[str]) -> None:
+        """Every explicit name and every glob must match a layer of the right graph."""
+        src, dst = list(src_names), list(dst_names)
+        src_set, dst_set = set(src), set(dst)
+        for name, entry in self.layers.items():
+            if name not in src_set:
+                raise self.error(entry.line, f"layers: source layer {name!r} does not exist{_close(name, src)}")
+            for d in entry.value:
+                if d not in dst_set:
+                    raise self.error(entry.line, f"layers: destination layer {d!r} does not exist{_close(d, dst)}")
+        for section, names, side in (("skip", src, "source"), ("keep", dst, "destination"), ("freeze", dst, "destination")):
+            for entry in getattr(self, section):
+                if not fnmatch.filter(names, entry.value):
+                    raise self.error(entry.line, f"{section}: {entry.value!r} matches no {side} layer")
+        for name, entry in self.flatten.items():
+            if name not in src_set:
+                raise self.error(entry.line, f"flatten: source layer {name!r} does not exist{_close(name, src)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": 1, "match": self.match}
+        if self.rename:
+            out["rename"] = {p.pattern: r for p, r, _ in self.rename}
+        if self.layers:
+            out["layers"] = {s: (e.value[0] if len(e.value) == 1 else e.value) for s, e in self.layers.items()}
+        for section in ("skip", "keep", "freeze"):
+            if getattr(self, section):
+                out[section] = [e.value for e in getattr(self, section)]
+        out["on_mismatch"] = self.on_mismatch
+        if self.flatten:
+            out["flatten"] = {s: e.value for s, e in self.flatten.items()}
+        return out
+
+
+def _close(name: str, names: list[str]) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(name, names, n=3)
+    return f" (did you mean {', '.join(map(repr, near))}?)" if near else ""
+
+
+def load_map(spec: "str | os.PathLike | dict | Mapping | None") -> Mapping:
+    """A validated Mapping from a ``map.yaml`` path, a dict, an existing Mapping, or None (defaults).
+
+    Raises:
+        MapError: naming the file and line of the first problem.
+
+    Example:
+        >>> load_map({"rename": {"^module\\\\.": ""}, "freeze": ["features.*"]}).match
+        'name'
+    """
+    if spec is None:
+        return Mapping()
+    if isinstance(spec, Mapping):
+        return spec
+    if isinstance(spec, dict):
+        return _build(spec, {}, "<map>")
+    path = os.fspath(spec)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except OSError as e:
+        raise MapError(f"{path}: cannot read the map ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise MapError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if root is None:
+        return Mapping(source=path)
+    if not isinstance(root, yaml.MappingNode):
+        raise MapError(f"{path}:{root.start_mark.line + 1}: the map must be a mapping of keys (version, match, ...)")
+    data, lines = _plain(root, path)
+    return _build(data, lines, path)
+
+
+def _plain(node: yaml.MappingNode, path: str) -> tuple[dict, dict]:
+    """The top level as plain data, each section's items with their lines; duplicates refused."""
+    data: dict[str, Any] = {}
+    lines: dict[str, Any] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value
+        if key in data:
+            raise MapError(f"{path}:{key_node.start_mark.line + 1}: key {key!r} appears twice")
+        data[key] = yaml.safe_load(yaml.serialize(value_node))
+        lines[key] = key_node.start_mark.line + 1
+        if isinstance(value_node, yaml.MappingNode):
+            seen = {}
+            for k, _ in value_node.value:
+                if k.value in seen:
+                    raise MapError(f"{path}:{k.start_mark.line + 1}: {key}: {k.value!r} appears twice (first on line {seen[k.value]})")
+                seen[k.value] = k.start_mark.line + 1
+            lines[f"{key}."] = seen
+        elif isinstance(value_node, yaml.SequenceNode):
+            lines[f"{key}."] = [item.start_mark.line + 1 for item in value_node.value]
+    return data, lines
+
+
+def _build(data: dict, lines: dict, source: str) -> Mapping:
+    m = Mapping(source=source)
+    for key in data:
+        if key not in KEYS:
+            raise m.error(lines.get(key, 0), f"unknown key {key!r}; known keys: {', '.join(KEYS)}")
+    version = data.get("version", 1)
+    if version != 1:
+        raise m.error(lines.get("version", 0), f"version {version!r} is not supported (expected 1)")
+    m.match = _choice(m, data, lines, "match", MATCH, "name")
+    m.on_mismatch = _choice(m, data, lines, "on_mismatch", ON_MISMATCH, "error")
+    m.rename = _rename(m, data.get("rename") or {}, lines)
+    m.layers = _layers(m, data.get("layers") or {}, lines)
+    for section in ("skip", "keep", "freeze"):
+        setattr(m, section, _globs(m, section, data.get(section) or [], lines))
+    m.flatten = _flatten(m, data.get("flatten") or {}, lines)
+    return m
+
+
+def _choice(m: Mapping, data: dict, lines: dict, key: str, allowed: tuple, default: str) -> str:
+    value = data.get(key, default)
+    if value not in allowed:
+        raise m.error(lines.get(key, 0), f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _item_line(lines: dict, section: str, key: Any, index: int | None = None) -> int:
+    items = lines.get(f"{section}.")
+    if isinstance(items, dict):
+        return items.get(key, lines.get(section, 0))
+    if isinstance(items, list) and index is not None and index < len(items):
+        return items[index]
+    return lines.get(section, 0)
+
+
+def _rename(m: Mapping, rules: Any, lines: dict) -> list[tuple[re.Pattern, str, int]]:
+    if not isinstance(rules, dict):
+        raise m.error(lines.get("rename", 0), "rename: must map regexes to replacements")
+    out = []
+    for pattern, repl in rules.items():
+        line = _item_line(lines, "rename", pattern)
+        if not isinstance(repl, str):
+            raise m.error(line, f"rename: replacement for {pattern!r} must be a string, got {repl!r}")
+        try:
+            compiled = re.compile(str(pattern))
+        except re.error as e:
+            raise m.error(line, f"rename: bad regex {pattern!r}: {e}") from None
+        refs = [int(g) for g in re.findall(r"\\(\d+)", repl)]
+        if refs and max(refs) > compiled.groups:
+            raise m.error(line, f"rename: replacement {repl!r} refers to group {max(refs)} but {pattern!r} has {compiled.groups}")
+        out.append((compiled, repl, line))
+    return out
+
+
+def _layers(m: Mapping, pairs: Any, lines: dict) -> dict[str, Entry]:
+    if not isinstance(pairs, dict):
+        raise m.error(lines.get("layers", 0), "layers: must map source layers to destination layers")
+    out: dict[str, Entry] = {}
+    taken: dict[str, str] = {}
+    for src, dst in pairs.items():
+        line = _item_line(lines, "layers", src)
+        dsts = dst if isinstance(dst, list) else [dst]
+        if not dsts or not all(isinstance(d, str) and d for d in dsts):
+            raise m.error(line, f"layers: {src!r} must name a destination layer (or a list of them)")
+        for d in dsts:
+            if d in taken:
+                raise m.error(line, f"layers: destination {d!r} is named twice (also for {taken[d]!r})")
+            taken[d] = str(src)
+        out[str(src)] = Entry(dsts, line)
+    return out
+
+
+def _globs(m: Mapping, section: str, values: Any, lines: dict) -> list[Entry]:
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise m.error(lines.get(section, 0), f"{section}: must be a list of glob patterns")
+    return [Entry(v, _item_line(lines, section, v, i)) for i, v in enumerate(values)]
+
+
+def _flatten(m: Mapping, entries: Any, lines: dict) -> dict[str, Entry]:
+    if not isinstance(entries, dict):
+        raise m.error(lines.get("flatten", 0), "flatten: must map source dense layers to {shape, source_order, dest_order}")
+    out = {}
+    for name, spec in entries.items():
+        line = _item_line(lines, "flatten", name)
+        if not isinstance(spec, dict) or set(spec) - set(FLATTEN_KEYS):
+            raise m.error(line, f"flatten: {name!r} takes only {', '.join(FLATTEN_KEYS)}")
+        shape = spec.get("shape")
+        if shape is not None and (not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape)):
+            raise m.error(line, f"flatten: {name!r} shape must be a list of positive integers, got {shape!r}")
+        for key in ("source_order", "dest_order"):
+            order = spec.get(key)
+            if order is not None and (not isinstance(order, str) or sorted(order) != sorted(set(order))):
+                raise m.error(line, f"flatten: {name!r} {key} must be axis letters like HWC or CHW, got {order!r}")
+        out[str(name)] = Entry(dict(spec), line)
+    return out

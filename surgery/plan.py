@@ -1,0 +1,270 @@
+"""Pairing two graphs: explicit pairs, names after rename, shape alignment.
+
+``make_plan`` reads headers only. It returns a ``Plan`` that records, for every
+destination tensor, where its value comes from, why the pair was made and which
+transform turns one into the other; plus what is left unused, what is left as
+initialised, what is frozen, and warnings. Applying a plan is ``apply.py``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import adapters, layouts
+from .errors import PlanError
+from .graph import Layer, LayerGraph, Param
+from .mapping import Mapping, load_map
+
+# Buffers that carry no trained value: never reported as left unfilled.
+BOOKKEEPING = ("num_batches_tracked",)
+# Attributes that change the arithmetic, compared on every pair.
+ARITHMETIC = ("eps", "momentum", "groups", "padding", "stride", "dilation", "use_bias", "activation",
+              "reset_after", "data_format")
+TORCH_DEFAULTS = {"batch_norm": {"eps": 1e-5}, "layer_norm": {"eps": 1e-5}}
+
+
+@dataclass
+class TensorCopy:
+    """One destination tensor and where its value comes from."""
+
+    destination: str
+    sources: tuple[str, ...]
+    transform: str
+    source_shape: tuple[int, ...]
+    shape: tuple[int, ...]
+    param: Param = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"destination": self.destination, "sources": list(self.sources), "transform": self.transform,
+                "source_shape": list(self.source_shape), "shape": list(self.shape), "dtype": self.param.dtype}
+
+
+@dataclass
+class Pair:
+    source: str
+    destinations: list[str]
+    rule: str
+    tensors: list[TensorCopy] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        dst = self.destinations[0] if len(self.destinations) == 1 else self.destinations
+        return {"source": self.source, "destination": dst, "rule": self.rule,
+                "tensors": [t.to_dict() for t in self.tensors]}
+
+
+@dataclass
+class Plan:
+    """What a transplant will do, before it does it. ``str(plan)`` is the report."""
+
+    src: LayerGraph
+    dst: LayerGraph
+    mapping: Mapping
+    pairs: list[Pair] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)      # source layers copied nowhere, not skipped
+    skipped: list[str] = field(default_factory=list)     # source layers the map skips
+    kept: list[str] = field(default_factory=list)        # destination layers the map keeps as initialised
+    uncovered: list[str] = field(default_factory=list)   # destination layers left as initialised, not kept
+    frozen: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def copies(self) -> dict[str, TensorCopy]:
+        return {t.destination: t for p in self.pairs for t in p.tensors}
+
+    @property
+    def strict_ok(self) -> bool:
+        """No destination layer left as initialised unless kept, no source unused unless skipped."""
+        return not self.unused and not self.uncovered
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.src.path, "destination": self.dst.path, "map": self.mapping.to_dict(),
+                "pairs": [p.to_dict() for p in self.pairs], "unused": self.unused, "skipped": self.skipped,
+                "kept": self.kept, "uncovered": self.uncovered, "frozen": self.frozen,
+                "warnings": self.warnings, "notes": {"source": self.src.notes, "destination": self.dst.notes}}
+
+    def to_yaml(self) -> str:
+        from .report import plan_yaml
+
+        return plan_yaml(self)
+
+    def __str__(self) -> str:
+        from .report import plan_text
+
+        return plan_text(self)
+
+
+def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: Iterable[str] = (),
+              match: str | None = None) -> Plan:
+    """Pair ``src`` with ``dst`` as ``mapping`` says; read no tensor data.
+
+    Raises:
+        MapError: the map names a layer that does not exist or a glob matches nothing.
+        PlanError: a paired layer's shapes differ and ``on_mismatch`` is ``error``.
+    """
+    m = load_map(mapping)
+    if match:
+        m.match = match
+    m.check_names(src.layers, dst.layers)
+    plan = Plan(src, dst, m)
+    plan.skipped = [n for n in src.layers if _any_glob(n, m.skip)]
+    plan.kept = [n for n in dst.layers if _any_glob(n, m.keep)]
+    for source, dsts, rule in _pairings(plan):
+        _add_pair(plan, source, dsts, rule)
+    used = {p.source for p in plan.pairs}
+    filled = {d for p in plan.pairs for d in p.destinations}
+    plan.unused = [n for n in src.layers if n not in used and n not in plan.skipped]
+    plan.uncovered = [n for n in dst.layers if n not in filled and n not in plan.kept]
+    globs = [e.value for e in m.freeze] + list(freeze)
+    plan.frozen = [n for n, layer in dst.layers.items() if layer.frozen or any(fnmatch.fnmatchcase(n, g) for g in globs)]
+    for g in freeze:
+        if not any(fnmatch.fnmatchcase(n, g) for n in dst.layers):
+            raise PlanError(f"--freeze {g!r} matches no destination layer")
+    return plan
+
+
+def _any_glob(name: str, entries: list) -> bool:
+    return any(fnmatch.fnmatchcase(name, e.value) for e in entries)
+
+
+def _norm(name: str) -> str:
+    """Keras nests with ``/``, PyTorch with ``.``: compare names in one spelling."""
+    return name.replace("/", ".")
+
+
+def _pairings(plan: Plan) -> list[tuple[str, list[str], str]]:
+    m, src, dst = plan.mapping, plan.src, plan.dst
+    out = [(s, e.value, f"explicit (map line {e.line})" if e.line else "explicit") for s, e in m.layers.items()]
+    taken_src = set(m.layers) | set(plan.skipped)
+    taken_dst = {d for e in m.layers.values() for d in e.value} | set(plan.kept)
+    if m.match == "name":
+        by_name = {_norm(n): n for n in dst.layers if n not in taken_dst}
+        for name in src.layers:
+            if name in taken_src:
+                continue
+            renamed, patterns = m.renamed(name)
+            target = by_name.pop(_norm(renamed), None)
+            if target is not None:
+                rule = "name" if not patterns else "name after rename " + ", ".join(f"`{p}`" for p in patterns)
+                out.append((name, [target], rule))
+    elif m.match == "shape":
+        taken_dst |= {d for _, ds, _ in out for d in ds}
+        out += align_by_shape(plan, [n for n in src.layers if n not in taken_src],
+                              [n for n in dst.layers if n not in taken_dst])
+    return out
+
+
+def align_by_shape(plan: Plan, src_names: list[str], dst_names: list[str]) -> list[tuple[str, list[str], str]]:
+    """Pair layers in order by kind and canonical shapes, with a longest-common-subsequence alignment.
+
+    An inserted or removed layer on either side does not shift the pairs after
+    it. Where one signature occurs a different number of times on the two sides,
+    the pairing among those layers is by order and a warning says so.
+    """
+    a = [plan.src[n].signature() for n in src_names]
+    b = [plan.dst[n].signature() for n in dst_names]
+    table = np.zeros((len(a) + 1, len(b) + 1), dtype=np.int64)
+    for i in range(len(a) - 1, -1, -1):
+        for j in range(len(b) - 1, -1, -1):
+            table[i, j] = table[i + 1, j + 1] + 1 if a[i] == b[j] else max(table[i + 1, j], table[i, j + 1])
+    pairs, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        if a[i] == b[j]:
+            shapes = ", ".join(str(p) for _, p in a[i][1])
+            pairs.append((src_names[i], [dst_names[j]], f"shape {a[i][0]} {shapes}"))
+            i, j = i + 1, j + 1
+        elif table[i + 1, j] >= table[i, j + 1]:
+            i += 1
+        else:
+            j += 1
+    for sig in {s for s in a if s in b}:
+        if a.count(sig) != b.count(sig):
+            plan.warnings.append(f"ambiguous shape match: {a.count(sig)} source and {b.count(sig)} destination "
+                                 f"{sig[0]} layers share shapes; paired in order — name them under `layers` to be sure")
+    return pairs
+
+
+def _add_pair(plan: Plan, source: str, dsts: list[str], rule: str) -> None:
+    src_layer = plan.src[source]
+    dst_layers = [plan.dst[d] for d in dsts]
+    if len(dst_layers) == 1 and not _kinds_agree(src_layer, dst_layers[0]):
+        _mismatch(plan, f"{source} ({src_layer.kind}) -> {dsts[0]} ({dst_layers[0].kind}): layer kinds differ")
+        return
+    options = {"flatten": plan.mapping.flatten[source].value} if source in plan.mapping.flatten else {}
+    feeds = adapters.feed(src_layer, dst_layers, options)
+    pair = Pair(source, dsts, rule)
+    for dst_layer in dst_layers:
+        for role, dst_param in dst_layer.params.items():
+            fed = feeds.get((dst_layer.name, role))
+            if fed is None:
+                if role not in BOOKKEEPING:
+                    plan.warnings.append(f"{dst_layer.key(role)}: no source tensor in {source}; left as initialised")
+                continue
+            copy = _tensor_copy(plan, dst_layer.key(role), dst_param, fed)
+            if copy is not None:
+                pair.tensors.append(copy)
+    used = {s for t in pair.tensors for s in t.sources} | {s for f in feeds.values() for s in f.sources}
+    for role in src_layer.params:
+        if src_layer.key(role) not in used and role not in BOOKKEEPING:
+            plan.warnings.append(f"{src_layer.key(role)}: has no destination in {', '.join(dsts)}; not copied")
+    plan.warnings.extend(attr_warnings(src_layer, dst_layers))
+    if pair.tensors:
+        plan.pairs.append(pair)
+
+
+def _kinds_agree(a: Layer, b: Layer) -> bool:
+    return a.kind == b.kind or "unknown" in (a.kind, b.kind)
+
+
+def _mismatch(plan: Plan, problem: str) -> None:
+    if plan.mapping.on_mismatch == "error":
+        raise PlanError(f"{problem}; set `on_mismatch: skip` or `slice` in the map, or `keep` the destination layer")
+    plan.warnings.append(f"{problem}; skipped (on_mismatch: {plan.mapping.on_mismatch})")
+
+
+def _tensor_copy(plan: Plan, dst_key: str, dst_param: Param, fed: adapters.Feed) -> TensorCopy | None:
+    param, transform = fed.param, fed.transform
+    if param.shape != dst_param.shape:
+        if plan.mapping.on_mismatch != "slice" or len(param.shape) != len(dst_param.shape):
+            _mismatch(plan, f"{', '.join(fed.sources)} {list(param.shape)} -> {dst_key} {list(dst_param.shape)}: shapes differ")
+            return None
+        param, transform = _pasted(param, dst_param), f"{transform}, slice overlap into {list(dst_param.shape)}"
+        plan.warnings.append(f"{dst_key}: only the overlapping block of {', '.join(fed.sources)} was copied (slice)")
+    if param.dtype != dst_param.dtype:
+        cast = layouts.cast(param.dtype, dst_param.dtype)
+        param, transform = _derived(param, cast, dst_param.dtype), f"{transform}, {cast.name}"
+        plan.warnings.append(f"{dst_key}: dtype cast {fed.param.dtype} -> {dst_param.dtype}")
+    ident = ("copy", fed.param.ident, transform) if fed.param.ident is not None else None
+    final = Param(param.shape, param.dtype, param.read, key=dst_key, layout=transform, ident=ident)
+    return TensorCopy(dst_key, fed.sources, transform, fed.param.shape, dst_param.shape, final)
+
+
+def _derived(param: Param, t: layouts.Transform, dtype: str) -> Param:
+    return Param(t.shape(param.shape), dtype, lambda: t(param.read()), key=param.key)
+
+
+def _pasted(src: Param, dst: Param) -> Param:
+    """The destination's own values with the overlapping block replaced by the source's."""
+    block = tuple(slice(0, min(a, b)) for a, b in zip(src.shape, dst.shape))
+
+    def load() -> np.ndarray:
+        out = np.array(dst.read(), copy=True)
+        out[block] = src.read()[block].astype(out.dtype)
+        return out
+
+    return Param(dst.shape, dst.dtype, load, key=src.key)
+
+
+def attr_warnings(src: Layer, dsts: list[Layer]) -> list[str]:
+    """Differences in settings that are not weights but change the arithmetic."""
+    out = []
+    for dst in dsts:
+        dst_attrs = {**TORCH_DEFAULTS.get(dst.kind, {}), **dst.attrs} if dst.kind == src.kind else dst.attrs
+        for key in ARITHMETIC:
+            if key in src.attrs and key in dst_attrs and src.attrs[key] != dst_attrs[key]:
+                assumed = " (PyTorch default)" if key not in dst.attrs else ""
+                out.append(f"{src.name} -> {dst.name}: {key} is {src.attrs[key]!r} in the source but "
+                           f"{dst_attrs[key]!r}{assumed} in the destination")
+    return out

@@ -1,0 +1,99 @@
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import surgery
+from surgery.errors import FormatError, UnsafePickleError
+from surgery.formats import torch as torch_format
+from surgery.formats.torch import to_numpy
+from tests.conftest import TORCH, raw
+
+
+def _assert_same(graph_state, tensors):
+    assert set(graph_state) == set(tensors)
+    for key, tensor in tensors.items():
+        param = graph_state[key]
+        assert param.shape == tuple(tensor.shape), key
+        assert param.dtype == str(tensor.dtype).removeprefix("torch."), key
+        assert np.array_equal(raw(param.read()), raw(to_numpy(tensor))), key
+
+
+@pytest.mark.parametrize("name", ["cnn_source.pt", "zoo.pt", "legacy.pt", "low_precision.pt", "tied.pt"])
+def test_reader_matches_torch_load_key_by_key(name):
+    graph = surgery.load(TORCH / name)
+    _assert_same(graph.state(), torch.load(TORCH / name, weights_only=True))
+
+
+def test_wrapped_checkpoint_is_unwrapped_and_reported():
+    graph = surgery.load(TORCH / "wrapped.pt")
+    _assert_same(graph.state(), torch.load(TORCH / "wrapped.pt", weights_only=True)["state_dict"])
+    assert any("checkpoint['state_dict']" in n for n in graph.notes)
+
+
+def test_ddp_prefix_is_stripped_and_reported():
+    graph = surgery.load(TORCH / "ddp_prefix.pt")
+    assert "features.0" in graph and not any(n.startswith("module.") for n in graph.layers)
+    assert any("'module.'" in n for n in graph.notes)
+
+
+def test_pickle_needing_code_is_refused_with_the_flag_named():
+    with pytest.raises(UnsafePickleError, match="--unsafe-pickle") as info:
+        surgery.load(TORCH / "needs_unsafe.pickle.pt")
+    assert "needs_unsafe.pickle.pt" in str(info.value)
+    graph = surgery.load(TORCH / "needs_unsafe.pickle.pt", unsafe_pickle=True)
+    assert "features.0" in graph
+
+
+def test_damaged_files_are_refused(tmp_path):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes((TORCH / "cnn_source.pt").read_bytes()[:3000])
+    with pytest.raises(FormatError, match="cut.pt"):
+        surgery.load(cut).state()
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(FormatError, match="notes.pt"):
+        surgery.load(text)
+    scalar = tmp_path / "scalar.pt"
+    torch.save(3, scalar)
+    with pytest.raises(FormatError, match="no state_dict found"):
+        surgery.load(scalar)
+
+
+def test_sniff_tells_zip_and_legacy_pickles():
+    assert torch_format.sniff(str(TORCH / "cnn_source.pt"))
+    assert torch_format.sniff(str(TORCH / "legacy.pt"))
+    assert zipfile.is_zipfile(TORCH / "cnn_source.pt") and not zipfile.is_zipfile(TORCH / "legacy.pt")
+
+
+def test_kinds_inferred_from_a_state_dict():
+    graph = surgery.load(TORCH / "zoo.pt")
+    kinds = {layer.name: layer.kind for layer in graph}
+    assert kinds == {"embed": "embedding", "conv1": "conv1d", "conv3": "conv3d", "norm": "layer_norm",
+                     "lstm": "lstm", "gru": "gru", "attn": "multi_head_attention", "bn": "batch_norm", "fc": "dense"}
+    assert set(graph["attn"].params) == {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"}
+    assert "num_batches_tracked" in graph["bn"].params
+
+
+def test_write_round_trip_read_by_torch(tmp_path):
+    graph = surgery.load(TORCH / "low_precision.safetensors")
+    out = tmp_path / "out.pt"
+    surgery.save(graph, out)
+    back = torch.load(out, weights_only=True)
+    _assert_same(graph.state(), back)
+
+
+def test_write_keeps_wrapper_and_prefix(tmp_path):
+    for name, check in (("wrapped.pt", lambda o: o["epoch"] == 3 and "optimizer" in o and "features.0.weight" in o["state_dict"]),
+                        ("ddp_prefix.pt", lambda o: "module.features.0.weight" in o)):
+        out = tmp_path / name
+        surgery.save(surgery.load(TORCH / name), out)
+        assert check(torch.load(out, weights_only=True)), name
+
+
+def test_tied_tensors_written_as_one_storage(tmp_path):
+    out = tmp_path / "tied.pt"
+    surgery.save(surgery.load(TORCH / "tied.safetensors"), out)
+    back = torch.load(out, weights_only=True)
+    assert back["lm_head.weight"].untyped_storage().data_ptr() == back["embed.weight"].untyped_storage().data_ptr()

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from surgery import layouts
+
+
+@pytest.mark.parametrize("pair", sorted(layouts.PERMUTATIONS))
+def test_every_permutation_round_trips(pair):
+    native, canonical = pair
+    forward = layouts.permute(native, canonical)
+    back = layouts.permute(canonical, native)
+    shape = tuple(range(2, 2 + len(native)))
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    y = forward(x)
+    assert y.shape == forward.shape(shape)
+    assert np.array_equal(back(y), x)
+
+
+def test_hwio_to_oihw_moves_the_right_axes():
+    kernel = np.zeros((3, 5, 7, 11))  # H, W, I, O
+    assert layouts.permute("HWIO", "OIHW")(kernel).shape == (11, 7, 3, 5)
+    kernel[1, 2, 3, 4] = 1
+    assert layouts.permute("HWIO", "OIHW")(kernel)[4, 3, 1, 2] == 1
+
+
+def test_identity_and_composition():
+    t = layouts.IDENTITY.then(layouts.permute("IO", "OI"))
+    assert t.name == "IO->OI"
+    x = np.arange(6).reshape(2, 3)
+    both = layouts.permute("IO", "OI").then(layouts.permute("OI", "IO"))
+    assert np.array_equal(both(x), x) and both.shape((2, 3)) == (2, 3)
+
+
+def test_unknown_rule_is_an_error():
+    from surgery.errors import SurgeryError
+
+    with pytest.raises(SurgeryError, match="no layout rule from ABC to CBA"):
+        layouts.permute("ABC", "CBA")

@@ -1,0 +1,132 @@
+import numpy as np
+import pytest
+
+import surgery
+from surgery.errors import MapError, PlanError
+from surgery.graph import LayerGraph, Param
+
+
+def graph(**tensors):
+    """``graph(**{"a.weight": (2, 3)})`` with deterministic values."""
+    rng = np.random.default_rng(len(tensors))
+    params = {}
+    for key, spec in tensors.items():
+        shape, dtype = spec if isinstance(spec[0], tuple) else (spec, np.float32)
+        params[key] = Param.from_array(rng.standard_normal(shape).astype(dtype), key=key)
+    return LayerGraph.from_params(params, path="mem")
+
+
+SRC = dict(**{"features.0.weight": (4, 3, 3, 3), "features.0.bias": (4,), "features.1.weight": (4,),
+              "features.1.bias": (4,), "features.1.running_mean": (4,), "features.1.running_var": (4,),
+              "fc.weight": (10, 16), "fc.bias": (10,)})
+
+
+def test_name_after_rename_and_explicit_pairs():
+    dst = graph(**{"backbone.0.weight": (4, 3, 3, 3), "backbone.0.bias": (4,), "backbone.1.weight": (4,),
+                   "backbone.1.bias": (4,), "backbone.1.running_mean": (4,), "backbone.1.running_var": (4,),
+                   "head.weight": (10, 16), "head.bias": (10,), "extra.weight": (2, 2)})
+    plan = surgery.plan(graph(**SRC), dst, {"rename": {"^features\\.": "backbone."}, "layers": {"fc": "head"},
+                                            "keep": ["extra"], "freeze": ["backbone.*"]})
+    rules = {p.source: (p.destinations, p.rule) for p in plan.pairs}
+    assert rules["features.0"] == (["backbone.0"], "name after rename `^features\\.`")
+    assert rules["fc"] == (["head"], "explicit")
+    assert plan.kept == ["extra"] and plan.uncovered == [] and plan.unused == []
+    assert plan.frozen == ["backbone.0", "backbone.1"]
+    assert plan.strict_ok
+
+
+def test_transplant_copies_values_and_leaves_the_rest():
+    src, dst = graph(**SRC), graph(**SRC, **{"new.weight": (2, 2)})
+    out = surgery.transplant(src, dst).graph.state()
+    for key, param in src.state().items():
+        assert np.array_equal(out[key].read(), param.read()), key
+    assert np.array_equal(out["new.weight"].read(), dst.state()["new.weight"].read())
+
+
+def test_unpaired_layers_are_reported_and_strict_refuses():
+    src = graph(**SRC)
+    dst = graph(**{"features.0.weight": (4, 3, 3, 3), "features.0.bias": (4,), "other.weight": (3, 3)})
+    plan = surgery.plan(src, dst)
+    assert plan.unused == ["features.1", "fc"] and plan.uncovered == ["other"]
+    with pytest.raises(surgery.StrictError, match="destination layers left as initialised: other"):
+        surgery.transplant(src, dst, strict=True)
+    assert surgery.transplant(src, dst, {"skip": ["features.1", "fc"], "keep": ["other"]}, strict=True)
+
+
+def test_shape_mismatch_error_skip_and_slice():
+    src = graph(**{"head.weight": (10, 16), "head.bias": (10,)})
+    dst = graph(**{"head.weight": (5, 16), "head.bias": (5,)})
+    with pytest.raises(PlanError, match=r"head.weight \[10, 16\] -> head.weight \[5, 16\]: shapes differ"):
+        surgery.plan(src, dst)
+    assert surgery.plan(src, dst, {"on_mismatch": "skip"}).pairs == []
+    out = surgery.transplant(src, dst, {"on_mismatch": "slice"}).graph.state()
+    assert np.array_equal(out["head.weight"].read(), src.state()["head.weight"].read()[:5])
+    bigger = graph(**{"head.weight": (12, 16), "head.bias": (12,)})
+    grown = surgery.transplant(src, bigger, {"on_mismatch": "slice"}).graph.state()["head.weight"].read()
+    assert np.array_equal(grown[:10], src.state()["head.weight"].read())
+    assert np.array_equal(grown[10:], bigger.state()["head.weight"].read()[10:])
+
+
+def test_kind_mismatch_is_an_error():
+    src = graph(**{"a.weight": (4, 3, 3, 3)})
+    dst = graph(**{"a.weight": (4, 27)})
+    with pytest.raises(PlanError, match=r"a \(conv2d\) -> a \(dense\): layer kinds differ"):
+        surgery.plan(src, dst)
+
+
+def test_dtype_cast_is_warned():
+    src = graph(**{"fc.weight": (2, 2)})
+    dst = graph(**{"fc.weight": ((2, 2), np.float16)})
+    result = surgery.transplant(src, dst)
+    assert "fc.weight: dtype cast float32 -> float16" in result.plan.warnings
+    assert result.graph.state()["fc.weight"].read().dtype == np.float16
+
+
+def test_shape_match_survives_an_inserted_layer():
+    src = graph(**{"a.weight": (8, 3, 3, 3), "b.weight": (16, 8, 3, 3), "c.weight": (10, 16)})
+    dst = graph(**{"x.weight": (8, 3, 3, 3), "new.weight": (8, 8, 1, 1), "y.weight": (16, 8, 3, 3), "z.weight": (10, 16)})
+    plan = surgery.plan(src, dst, {"match": "shape"})
+    assert {p.source: p.destinations[0] for p in plan.pairs} == {"a": "x", "b": "y", "c": "z"}
+    assert plan.uncovered == ["new"]
+    assert plan.pairs[0].rule.startswith("shape conv2d")
+
+
+def test_ambiguous_shape_match_is_reported():
+    src = graph(**{"a.weight": (4, 4), "b.weight": (4, 4), "c.weight": (4, 4)})
+    dst = graph(**{"x.weight": (4, 4), "y.weight": (4, 4)})
+    plan = surgery.plan(src, dst, {"match": "shape"})
+    assert any("ambiguous shape match: 3 source and 2 destination" in w for w in plan.warnings)
+
+
+def test_map_names_checked_before_any_data_is_read():
+    src, dst = graph(**SRC), graph(**SRC)
+    with pytest.raises(MapError, match="source layer 'fc9' does not exist"):
+        surgery.plan(src, dst, {"layers": {"fc9": "fc"}})
+    with pytest.raises(PlanError, match="--freeze 'nope' matches no destination layer"):
+        surgery.plan(src, dst, freeze=["nope"])
+
+
+def test_eps_difference_is_warned():
+    src, dst = graph(**SRC), graph(**SRC)
+    src["features.1"].attrs["eps"] = 1e-3
+    plan = surgery.plan(src, dst)
+    assert any("features.1 -> features.1: eps is 0.001 in the source but 1e-05 (PyTorch default)" in w
+               for w in plan.warnings)
+
+
+def test_nonfinite_values_are_reported(tmp_path):
+    src = graph(**{"fc.weight": (2, 2)})
+    bad = np.array([[np.nan, 1], [np.inf, 0]], dtype=np.float32)
+    src["fc"].params["weight"] = Param.from_array(bad, key="fc.weight")
+    result = surgery.transplant(src, graph(**{"fc.weight": (2, 2)}))
+    surgery.save(result, tmp_path / "out.safetensors")
+    assert "fc.weight: 2 NaN/Inf values copied" in result.warnings
+
+
+def test_plan_to_yaml_round_trips_through_the_map_loader(tmp_path):
+    plan = surgery.plan(graph(**SRC), graph(**SRC))
+    path = tmp_path / "proposed.yaml"
+    path.write_text(plan.to_yaml())
+    again = surgery.plan(graph(**SRC), graph(**SRC), path)
+    assert [(p.source, p.destinations) for p in again.pairs] == [(p.source, p.destinations) for p in plan.pairs]
+    assert "# name" in plan.to_yaml()
