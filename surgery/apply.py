@@ -146,10 +146,11 @@ def write_record(result: Transplant, path: str) -> str:
     """Write ``PATH.surgery.json`` for a later ``check``/``verify``."""
     src = result.plan.src
     record = {
-        "surgery": __version__,
-        "source": {"path": src.path, "format": src.format, "sha256": sha256_file(src.path) if src.path and os.path.exists(src.path) else None},
-        "destination": {"path": result.plan.dst.path, "format": result.plan.dst.format},
         **result.to_dict(),
+        "surgery": __version__,
+        "source": {"path": src.path, "format": src.format,
+                   "sha256": sha256_file(src.path) if src.path and os.path.exists(src.path) else None},
+        "destination": {"path": result.plan.dst.path, "format": result.plan.dst.format},
     }
     record_path = f"{path}.surgery.json"
     with atomic_path(record_path) as tmp:

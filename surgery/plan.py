@@ -111,7 +111,8 @@ def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: 
     plan = Plan(src, dst, m)
     plan.skipped = [n for n in src.layers if _any_glob(n, m.skip)]
     plan.kept = [n for n in dst.layers if _any_glob(n, m.keep)]
-    for source, dsts, rule in _pairings(plan):
+    order = {name: i for i, name in enumerate(src.layers)}
+    for source, dsts, rule in sorted(_pairings(plan), key=lambda p: order[p[0]]):
         _add_pair(plan, source, dsts, rule)
     used = {p.source for p in plan.pairs}
     filled = {d for p in plan.pairs for d in p.destinations}
