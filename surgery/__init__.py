@@ -13,11 +13,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import StrictError, diff, freeze, load, load_into, plan, save, transplant
+from .api import StrictError, convert, diff, freeze, load, load_into, plan, save, transplant
 from .errors import FormatError, MapError, PlanError, SurgeryError
 from .graph import Layer, LayerGraph, Param
 
 __all__ = [
     "FormatError", "Layer", "LayerGraph", "MapError", "Param", "PlanError", "StrictError", "SurgeryError",
-    "diff", "freeze", "load", "load_into", "plan", "save", "transplant",
+    "convert", "diff", "freeze", "load", "load_into", "plan", "save", "transplant",
 ]

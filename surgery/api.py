@@ -73,6 +73,19 @@ def diff(a: Any, b: Any, *, unsafe_pickle: bool = False) -> DiffReport:
     return _diff(load(a, unsafe_pickle=unsafe_pickle), load(b, unsafe_pickle=unsafe_pickle))
 
 
+def convert(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None = None, quiet: bool = True,
+            unsafe_pickle: bool = False) -> list[str]:
+    """Write the same weights in another format, under canonical names and layout.
+
+    Returns the files written. The format comes from ``out``'s suffix.
+
+    Example:
+        >>> surgery.convert("pytorch_model.bin", "model.safetensors")  # doctest: +SKIP
+    """
+    graph = load(src, unsafe_pickle=unsafe_pickle)
+    return save(graph, out, max_shard_size=max_shard_size, quiet=quiet, source=graph.path)
+
+
 def _is_keras(obj: Any) -> bool:
     return type(obj).__module__.startswith(("keras", "tf_keras"))
 
@@ -108,4 +121,4 @@ def freeze(model: Any, globs: Iterable[str]) -> list[str]:
     return live.freeze(model, globs)
 
 
-__all__ = ["load", "plan", "transplant", "save", "diff", "load_into", "freeze", "StrictError"]
+__all__ = ["load", "plan", "transplant", "save", "convert", "diff", "load_into", "freeze", "StrictError"]

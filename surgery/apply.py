@@ -132,6 +132,9 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
             from .formats.safetensors import write_sharded
 
             written = write_sharded(watched, path, max_shard_size)
+        elif getattr(formats.module(name), "MULTI_FILE", False):  # writes its several files atomically itself
+            formats.module(name).write(watched, path)
+            written = [path]
         else:
             with atomic_path(path) as tmp:
                 formats.module(name).write(watched, tmp)

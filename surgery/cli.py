@@ -157,6 +157,22 @@ def _report(obj: Any, data: dict, as_json: bool, report_path: str | None) -> Non
 
 
 @cli.command()
+@click.argument("src", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--max-shard-size", metavar="SIZE", help="Write sharded safetensors with shards of at most SIZE (e.g. 5GB).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@unsafe_option
+def convert(src: str, out: str, max_shard_size: str | None, quiet: bool, unsafe_pickle: bool) -> None:
+    """Write SRC's weights to OUT in the format OUT's suffix names, in canonical names and layout."""
+    from . import api
+    from .apply import parse_size
+
+    shard = parse_size(max_shard_size) if max_shard_size else None
+    for path in api.convert(src, out, max_shard_size=shard, quiet=quiet, unsafe_pickle=unsafe_pickle):
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
 @click.argument("a", type=click.Path())
 @click.argument("b", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -108,3 +108,12 @@ def test_console_script_in_a_subprocess(tmp_path):
     assert ok.returncode == 0 and "tied to embed.weight" in ok.stdout
     bad = subprocess.run([*cmd, "inspect", str(tmp_path / "nope.pt")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == f"surgery: error: {tmp_path / 'nope.pt'}: no such file or folder"
+
+
+def test_convert_pt_to_sharded_safetensors(run, tmp_path):
+    out = tmp_path / "model.safetensors"
+    result = run("convert", TORCH / "cnn_source.pt", out, "--max-shard-size", "20kB")
+    assert result.exit_code == 0, result.stderr
+    assert "model.safetensors.index.json" in result.stdout
+    assert run("diff", TORCH / "cnn_source.pt", tmp_path / "model.safetensors.index.json").exit_code == 0
+    assert run("convert", TORCH / "cnn_source.pt", TORCH / "cnn_source.pt").exit_code == 2
