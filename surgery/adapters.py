@@ -17,6 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import numpy as np
+
+from . import layouts
+from .errors import PlanError
 from .graph import Layer, Param
 
 
@@ -46,7 +50,179 @@ def by_role(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tupl
     return feeds
 
 
-ADAPTERS: list[Adapter] = [by_role]
+def _constant(like: Param, value: float, note: str) -> Param:
+    """A lazy constant vector shaped like ``like`` (a bias Keras did not have, a BatchNorm without scale)."""
+    from . import dtypes
+
+    np_type = dtypes.get(like.dtype).numpy
+    return Param(like.shape, like.dtype, lambda: np.full(like.shape, value, np_type), key=note, layout=note)
+
+
+def _derived(param: Param, transform: layouts.Transform) -> Param:
+    return Param(transform.shape(param.shape), param.dtype, lambda: transform(param.read()),
+                 key=param.key, layout=transform.name)
+
+
+def gru_variant(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> None:
+    """Refuse a GRU pair whose ``reset_after`` differ: the two variants compute differently.
+
+    PyTorch's GRU is Keras' ``reset_after=True``; a layer without the attribute
+    (any non-Keras GRU) counts as that.
+    """
+    if src.kind != "gru":
+        return None
+    mine = src.attrs.get("reset_after", True) is not False
+    for dst in dsts:
+        theirs = dst.attrs.get("reset_after", True) is not False
+        if dst.kind == "gru" and mine != theirs:
+            raise PlanError(
+                f"GRU {src.name!r} -> {dst.name!r}: reset_after={mine} in the source but {theirs} in the destination "
+                "(PyTorch's GRU is reset_after=True); there is no exact conversion. Rebuild the Keras GRU with "
+                "reset_after=True, or `keep` the layer and train it")
+    return None
+
+
+def separable_split(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
+    """A separable conv into two destination convs ``[depthwise, pointwise]`` (map: ``sep1: [dw, pw]``).
+
+    Keras has one bias, after the pointwise step; a depthwise destination with a
+    bias gets zeros, so the pair computes exactly what the source did.
+    """
+    if not src.kind.startswith("separable_conv") or len(dsts) != 2:
+        return None
+    depth, point = dsts
+    dw, pw = src.params["depthwise.weight"], src.params["pointwise.weight"]
+    feeds = {(depth.name, "weight"): Feed(dw, (src.key("depthwise.weight"),), dw.layout or "identity"),
+             (point.name, "weight"): Feed(pw, (src.key("pointwise.weight"),), pw.layout or "identity")}
+    if "bias" in depth.params:
+        feeds[(depth.name, "bias")] = Feed(_constant(depth.params["bias"], 0.0, "zeros"), (), "zeros (no depthwise bias in the source)")
+    if "bias" in point.params:
+        bias = src.params.get("pointwise.bias")
+        feeds[(point.name, "bias")] = (Feed(bias, (src.key("pointwise.bias"),), bias.layout or "identity") if bias is not None
+                                       else Feed(_constant(point.params["bias"], 0.0, "zeros"), (), "zeros (source has no bias)"))
+    return feeds
+
+
+def separable_part(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
+    """One plain conv into its half of a separable destination: ``(C*M,1,k,k)`` -> depthwise, ``1x1`` -> pointwise.
+
+    Used when two source convs are paired with the same separable layer; the
+    depthwise conv's own bias (if any) has no place in a separable layer and is reported unused.
+    """
+    if len(dsts) != 1 or not dsts[0].kind.startswith("separable_conv") or src.kind.startswith("separable_conv"):
+        return None
+    dst, weight = dsts[0], src.params.get("weight")
+    if weight is None:
+        return None
+    if weight.shape[1] == 1 and weight.shape[2:] != (1,) * (len(weight.shape) - 2):
+        return {(dst.name, "depthwise.weight"): Feed(weight, (src.key("weight"),), weight.layout or "identity")}
+    feeds = {(dst.name, "pointwise.weight"): Feed(weight, (src.key("weight"),), weight.layout or "identity")}
+    if "bias" in src.params and "pointwise.bias" in dst.params:
+        feeds[(dst.name, "pointwise.bias")] = Feed(src.params["bias"], (src.key("bias"),), "identity")
+    return feeds
+
+
+def attention_split(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
+    """Fused attention (``in_proj_weight``, ``out_proj.*``) into four linears ``[q, k, v, o]``."""
+    if src.kind != "multi_head_attention" or len(dsts) != 4:
+        return None
+    feeds: dict[tuple[str, str], Feed] = {}
+    fused, bias = src.params.get("in_proj_weight"), src.params.get("in_proj_bias")
+    start = 0
+    for letter, dst in zip("qkv", dsts[:3]):
+        if fused is not None:
+            size = fused.shape[0] // 3
+            part, role = _derived(fused, layouts.rows(start, start + size)), "in_proj_weight"
+        else:
+            part, role = src.params[f"{letter}_proj_weight"], f"{letter}_proj_weight"
+            size = part.shape[0]
+        feeds[(dst.name, "weight")] = Feed(part, (src.key(role),), f"{letter} rows of {role}")
+        if bias is not None and "bias" in dst.params:
+            feeds[(dst.name, "bias")] = Feed(_derived(bias, layouts.rows(start, start + size)),
+                                             (src.key("in_proj_bias"),), f"{letter} rows of in_proj_bias")
+        start += size
+    out = dsts[3]
+    for role in ("weight", "bias"):
+        param = src.params.get(f"out_proj.{role}")
+        if param is not None and role in out.params:
+            feeds[(out.name, role)] = Feed(param, (src.key(f"out_proj.{role}"),), param.layout or "identity")
+    return feeds
+
+
+def batch_norm_fill(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
+    """A BatchNorm without ``gamma`` (``scale=False``) or ``beta`` (``center=False``) into one that has them."""
+    if src.kind != "batch_norm" or len(dsts) != 1 or dsts[0].kind != "batch_norm":
+        return None
+    dst = dsts[0]
+    feeds = by_role(src, dsts, options) or {}
+    for role, value, why in (("weight", 1.0, "ones (source has scale=False)"), ("bias", 0.0, "zeros (source has center=False)")):
+        if role in dst.params and role not in src.params:
+            feeds[(dst.name, role)] = Feed(_constant(dst.params[role], value, why), (), why)
+    return feeds
+
+
+def _flatten_side(layer: Layer, given: dict[str, Any], key: str) -> tuple[str, str]:
+    """The order one side flattens in, and where that came from."""
+    if given.get(key):
+        return str(given[key]).upper(), "map"
+    facts = layer.attrs.get("flatten")
+    if facts:
+        return facts["order"], "config"
+    if layer.params.get("weight") is not None and layer.params["weight"].layout == "IO->OI":
+        return "", "keras"        # a Keras layer without its config: channels-last, spatial order kept
+    return "", "assumed"          # a bare state_dict: PyTorch's flatten of an NCHW map
+
+
+def flatten_rows(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
+    """The first dense layer after a Flatten: its input rows permuted from the source's order to the destination's.
+
+    Driven by ``src.attrs["flatten"]`` / ``dst.attrs["flatten"]`` (``{"shape": [...], "order": "HWC"}``
+    from a Keras config) and by the map's ``flatten: {fc1: {shape: [7, 7, 512], source_order: HWC,
+    dest_order: CHW}}`` (``shape`` listed in ``source_order``). A side with neither is assumed to flatten
+    channels-last (Keras) or ``C`` then the spatial axes (PyTorch); the transform text says so.
+    """
+    if src.kind != "dense" or len(dsts) != 1 or "weight" not in src.params:
+        return None
+    dst, given = dsts[0], options.get("flatten") or {}
+    if not (given or src.attrs.get("flatten") or dst.attrs.get("flatten")):
+        return None
+    src_order, src_how = _flatten_side(src, given, "source_order")
+    dst_order, dst_how = _flatten_side(dst, given, "dest_order")
+    sizes = _flatten_sizes(src, dst, given, src_order)
+    if sizes is None:
+        raise PlanError(f"{src.name} -> {dst.name}: follows a Flatten but the feature map's shape is unknown; "
+                        f"give `flatten: {{{src.name}: {{shape: [H, W, C], source_order: HWC}}}}` in the map")
+    spatial = "".join(a for a in "DHWL" if a in sizes)
+    src_order = src_order or (spatial + "C" if src_how == "keras" else "C" + spatial)
+    dst_order = dst_order or (spatial + "C" if dst_how == "keras" else "C" + spatial)
+    transform = layouts.flatten_columns(sizes, src_order, dst_order)
+    weight = src.params["weight"]
+    text = f"{weight.layout or 'identity'}, {transform.name if transform is not layouts.IDENTITY else f'flatten order {src_order} kept'}"
+    if "assumed" in (src_how, dst_how):
+        side = "destination" if dst_how == "assumed" else "source"
+        text += f" (assumed: the {side} flattens its NCHW map in {dst_order if side == 'destination' else src_order} order; override with the map's `flatten:`)"
+    feeds = by_role(src, dsts, options) or {}
+    feeds[(dst.name, "weight")] = Feed(_derived(weight, transform) if transform is not layouts.IDENTITY else weight,
+                                       (src.key("weight"),), text)
+    return feeds
+
+
+def _flatten_sizes(src: Layer, dst: Layer, given: dict[str, Any], src_order: str) -> dict[str, int] | None:
+    if given.get("shape"):
+        order = src_order or (src.attrs.get("flatten") or {}).get("order") or ("HWC" if len(given["shape"]) == 3 else "")
+        if len(order) != len(given["shape"]):
+            raise PlanError(f"flatten entry for {src.name}: shape {given['shape']} needs a source_order naming "
+                            f"{len(given['shape'])} axes (e.g. HWC)")
+        return dict(zip(order.upper(), (int(d) for d in given["shape"])))
+    for layer in (src, dst):
+        facts = layer.attrs.get("flatten")
+        if facts:
+            return dict(zip(facts["order"], facts["shape"]))
+    return None
+
+
+ADAPTERS: list[Adapter] = [gru_variant, separable_split, separable_part, attention_split, flatten_rows,
+                           batch_norm_fill, by_role]
 
 
 def feed(src: Layer, dsts: list[Layer], options: dict[str, Any] | None = None) -> dict[tuple[str, str], Feed]:

@@ -107,6 +107,7 @@ def load_into(model: Any, path: Any, mapping: Any = None, *, freeze: Iterable[st
     result = transplant(path, dst, mapping, freeze=freeze, strict=strict, unsafe_pickle=unsafe_pickle)
     values = {t.destination: t.param.read() for p in result.plan.pairs for t in p.tensors}
     live.assign(model, values)
+    live.set_attrs(model, result.graph)
     if result.plan.frozen:
         live.freeze(model, result.plan.frozen)
     return result

@@ -15,7 +15,7 @@ from .graph import Layer, Param, natural_key
 
 KINDS = (
     "dense", "conv1d", "conv2d", "conv3d", "conv_transpose", "depthwise_conv2d",
-    "separable_conv2d", "batch_norm", "layer_norm", "embedding", "lstm", "gru",
+    "separable_conv1d", "separable_conv2d", "batch_norm", "layer_norm", "embedding", "lstm", "gru",
     "multi_head_attention", "prelu", "unknown",
 )
 

@@ -215,8 +215,12 @@ def _add_pair(plan: Plan, source: str, dsts: list[str], rule: str) -> None:
         plan.pairs.append(pair)
 
 
+# Kinds that hold the same tensors: a depthwise conv is a conv with groups == channels.
+COMPATIBLE = ({"depthwise_conv2d", "conv2d"},)
+
+
 def _kinds_agree(a: Layer, b: Layer) -> bool:
-    return a.kind == b.kind or "unknown" in (a.kind, b.kind)
+    return a.kind == b.kind or "unknown" in (a.kind, b.kind) or {a.kind, b.kind} in COMPATIBLE
 
 
 def _mismatch(plan: Plan, problem: str) -> None:

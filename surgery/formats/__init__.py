@@ -8,7 +8,9 @@ Every format module has the same face:
   It must not import a framework.
 - ``read(path, **options) -> LayerGraph``: headers only; data stays lazy.
 - ``write(graph, path, **options) -> None``: writes ``path`` (the caller has
-  already made it a temporary file in the target's folder).
+  already made it a temporary file in the target's folder), unless the module
+  sets ``MULTI_FILE = True``: then it gets the final path and makes its several
+  files atomically itself.
 
 Modules import their framework inside ``read``/``write``, never at import time.
 """
@@ -26,7 +28,11 @@ from ..graph import LayerGraph
 # Order matters: ``detect`` asks each module's ``sniff`` in this order.
 FORMATS: dict[str, str] = {
     "safetensors": "surgery.formats.safetensors",
+    "keras": "surgery.formats.keras",
+    "h5": "surgery.formats.h5",
     "torch": "surgery.formats.torch",
+    "tf_checkpoint": "surgery.formats.tf_checkpoint",
+    "saved_model": "surgery.formats.saved_model",
     "folder": "surgery.formats.folder",
 }
 
@@ -42,7 +48,7 @@ def module(name: str) -> ModuleType:
 def detect(path: str | os.PathLike) -> str:
     """The name of the format of ``path``, by content first, then by suffix."""
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not os.path.exists(path) and not os.path.exists(path + ".index"):  # a TF checkpoint is named by prefix
         raise FormatError(f"{path}: no such file or folder")
     for name in FORMATS:
         if module(name).sniff(path):

@@ -74,6 +74,19 @@ def assign(module: torch.nn.Module, values: dict[str, Any]) -> None:
             target.copy_(value.to(target.dtype))
 
 
+def set_attrs(module: torch.nn.Module, graph: LayerGraph) -> list[str]:
+    """Apply ``layer.attrs["set"]`` of a transplant's graph (the source's BatchNorm eps); returns what was set."""
+    done = []
+    named = dict(module.named_modules())
+    for layer in graph:
+        wanted = layer.attrs.get("set") or {}
+        owner = named.get(layer.name)
+        if "eps" in wanted and owner is not None and hasattr(owner, "eps"):
+            owner.eps = float(wanted["eps"])
+            done.append(f"{layer.name}: eps = {owner.eps}")
+    return done
+
+
 def _hold_eval(module: torch.nn.Module, _inputs: Any) -> None:
     # A frozen BatchNorm normalises with its running statistics and never updates them,
     # whatever mode the rest of the network is in (what timm's freeze achieves).

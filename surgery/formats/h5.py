@@ -1,0 +1,326 @@
+"""Keras HDF5 weight files, read and written through h5py alone (no TensorFlow, no Keras).
+
+Three layouts share the ``.h5`` suffix:
+
+- ``keras3``: Keras 3 ``.weights.h5`` (also ``model.weights.h5`` inside a ``.keras``):
+  ``layers/<class_snake>[_N]/vars/0..n``, nested ``layers/`` for sub-models,
+  ``cell/vars`` for RNNs, ``query_dense/vars`` ... for attention. Variables are
+  numbered, not named: names come from the class's variable order.
+- ``legacy``: ``model.save("x.h5")``: ``model_weights/<layer>/<weight name>``
+  with ``layer_names`` / ``weight_names`` attributes and a ``model_config``.
+- ``legacy_weights``: the same tree at the root, from legacy ``save_weights``.
+
+Writing takes a template (the graph's own file, or ``template=``) and replaces
+the data of every dataset that a layer of the graph fills.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import dtypes, keras_layers
+from ..errors import FormatError, SurgeryError, fail
+from ..graph import Layer, LayerGraph, Param
+
+SUFFIXES = (".h5", ".hdf5")
+_MAGIC = b"\x89HDF\r\n\x1a\n"
+_MHA_GROUPS = {"query_dense": "query", "key_dense": "key", "value_dense": "value", "output_dense": "attention_output"}
+_SNAKE_CLASS = {}  # filled lazily: class_snake name -> Keras class
+
+
+@dataclass
+class Entry:
+    """One Keras layer found in an HDF5 file: where each of its variables lives."""
+
+    name: str
+    class_name: str | None
+    datasets: dict[str, str] = field(default_factory=dict)   # Keras variable name -> dataset path
+    config: dict | None = None
+
+
+def sniff(path: str) -> bool:
+    """An HDF5 file (by its signature), or an ``.h5``/``.hdf5`` name."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        if f.read(8) == _MAGIC:
+            return True
+    return path.lower().endswith(SUFFIXES)
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - depends on the install
+        raise SurgeryError("reading Keras .h5 files needs h5py: pip install 'surgery[h5]'") from None
+    return h5py
+
+
+def opener_for(path: str) -> Callable[[], Any]:
+    """A callable opening ``path`` read-only as an ``h5py.File``."""
+    return lambda: _h5py().File(path, "r")
+
+
+def read(path: str, *, config: dict | None = None, opener: Callable[[], Any] | None = None,
+         **options: Any) -> LayerGraph:
+    """Read a Keras HDF5 weight file into a lazy LayerGraph.
+
+    Args:
+        path: the file (shown in messages; opened unless ``opener`` is given).
+        config: the model's Keras config (``{"class_name": ..., "config": {...}}``), when
+            the caller has one (a ``.keras`` archive). A legacy ``.h5`` carries its own.
+        opener: opens the HDF5 file (used for the copy inside a ``.keras`` zip).
+
+    Raises:
+        FormatError: not HDF5, or not a layout Keras writes.
+    """
+    from . import keras as keras_format
+
+    opener = opener or opener_for(path)
+    try:
+        with opener() as f:
+            layout = _layout(f, path)
+            model_config = config or _model_config(f, path)
+            specs = keras_format.layer_specs(model_config) if model_config else []
+            entries = _keras3_entries(f, specs) if layout == "keras3" else _legacy_entries(f, layout, specs)
+            layers = [_to_layer(f, e, path, opener) for e in entries]
+    except SurgeryError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise fail(path, f"not a readable Keras HDF5 file ({type(e).__name__}: {e})") from None
+    graph = LayerGraph(layers, path=path, format="h5",
+                       meta={"h5": {"layout": layout, "entries": {e.name: e for e in entries}}})
+    if model_config:
+        keras_format.apply_config(graph, model_config)
+    else:
+        graph.notes.append("no model config: variable names inferred from each layer's class and count")
+    return graph
+
+
+def _layout(f: Any, path: str) -> str:
+    if "model_weights" in f:
+        return "legacy"
+    if "layer_names" in f.attrs:
+        return "legacy_weights"
+    if "layers" in f or "vars" in f:
+        return "keras3"
+    raise fail(path, "HDF5 file without Keras weights (no layers/, vars/ or model_weights/ group)")
+
+
+def _model_config(f: Any, path: str) -> dict | None:
+    raw = f.attrs.get("model_config")
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise fail(path, f"model_config attribute is not JSON ({e})") from None
+
+
+def _attr_list(group: Any, name: str) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in group.attrs.get(name, [])]
+
+
+def class_of_snake(snake: str) -> str | None:
+    """``conv2d_1`` -> ``Conv2D``: the class Keras 3 named a ``.weights.h5`` group after."""
+    if not _SNAKE_CLASS:
+        from . import keras as keras_format
+
+        _SNAKE_CLASS.update({keras_format.snake(c): c for c in keras_layers.KIND_OF_CLASS})
+    return _SNAKE_CLASS.get(snake) or _SNAKE_CLASS.get(re.sub(r"_\d+$", "", snake))
+
+
+def _keras3_entries(f: Any, specs: list) -> list[Entry]:
+    """Layers of a Keras 3 file: by the config's paths where known, else by walking the tree."""
+    if specs:
+        return [_keras3_entry(f, s.path, s.name, s.class_name, s.config) for s in specs
+                if s.path in f and _has_vars(f[s.path])]
+    entries: list[Entry] = []
+    _walk_keras3(f, "", entries)
+    return entries
+
+
+def _has_vars(group: Any) -> bool:
+    found = []
+    group.visit(lambda name: found.append(name) if name.endswith("vars") and len(group[name]) else None)
+    return bool(found)
+
+
+def _walk_keras3(f: Any, path: str, out: list[Entry]) -> None:
+    group = f[path] if path else f
+    if "layers" in group:          # a model: its layers in natural-sort order (the file keeps no order)
+        from ..graph import natural_key
+
+        for child in sorted(group["layers"], key=natural_key):
+            _walk_keras3(f, f"{path}/layers/{child}".lstrip("/"), out)
+        return
+    if not path or not _has_vars(group):
+        return
+    vars_group = group.get("vars")
+    name = vars_group.attrs.get("name") if vars_group is not None else None
+    name = (name.decode() if isinstance(name, bytes) else name) or path.rsplit("/", 1)[-1]
+    out.append(_keras3_entry(f, path, str(name), class_of_snake(path.rsplit("/", 1)[-1]), None))
+
+
+def _keras3_entry(f: Any, path: str, name: str, class_name: str | None, config: dict | None) -> Entry:
+    """Name the numbered variables of one layer group (and its cell / attention sub-groups)."""
+    group = f[path]
+    entry = Entry(name, class_name, config=config)
+    if class_name == "MultiHeadAttention":
+        for sub, part in _MHA_GROUPS.items():
+            if f"{sub}/vars" in group:
+                for var, ds in _numbered(group[f"{sub}/vars"], ("kernel", "bias")):
+                    entry.datasets[f"{part}/{var}"] = f"{path}/{sub}/vars/{ds}"
+        return entry
+    vars_path = f"{path}/cell/vars" if "cell/vars" in group else f"{path}/vars"
+    order = _variable_order(class_name, config, len(f[vars_path]))
+    for var, ds in _numbered(f[vars_path], order):
+        entry.datasets[var] = f"{vars_path}/{ds}"
+    return entry
+
+
+def _numbered(vars_group: Any, order: tuple[str, ...]) -> list[tuple[str, str]]:
+    keys = sorted(vars_group, key=lambda k: int(k) if k.isdigit() else 1 << 30)
+    return [(order[i] if i < len(order) else k, k) for i, k in enumerate(keys)]
+
+
+def _variable_order(class_name: str | None, config: dict | None, count: int) -> tuple[str, ...]:
+    order = keras_layers.VARIABLE_ORDER.get(class_name or "", ())
+    cfg = config or {}
+    if class_name in ("BatchNormalization", "LayerNormalization") and count < len(order):
+        if {"scale", "center"} & set(cfg):
+            drop = {v for v, key in (("gamma", "scale"), ("beta", "center")) if cfg.get(key, True) is False}
+        else:
+            # Which of gamma/beta is absent is only in the config; without one, assume
+            # scale=False (the usual choice before a ReLU). attrs["assumed"] says so.
+            drop = {"gamma"} if len(order) - count == 1 else {"gamma", "beta"}
+        return tuple(v for v in order if v not in drop)
+    return order
+
+
+def _legacy_entries(f: Any, layout: str, specs: list) -> list[Entry]:
+    """Layers of a legacy file: ``layer_names`` in order, each with its ``weight_names``."""
+    root = f["model_weights"] if layout == "legacy" else f
+    by_name = {s.name: s for s in specs}
+    entries: dict[str, Entry] = {}
+    for top in _attr_list(root, "layer_names"):
+        group = root[top]
+        weight_names = _attr_list(group, "weight_names")
+        nested = {s.name for s in specs if s.parents and s.parents[0] == top}
+        owners = {_legacy_owner(w, top, nested) for w in weight_names}
+        for weight in weight_names:
+            owner = _legacy_owner(weight, top, nested) if len(owners) > 1 or nested else top
+            spec = by_name.get(owner)
+            entry = entries.setdefault(owner, Entry(owner, spec.class_name if spec else None,
+                                                    config=spec.config if spec else None))
+            entry.datasets[keras_layers.var_name(weight, owner)] = f"{root.name.strip('/')}/{top}/{weight}".lstrip("/")
+    order = {s.name: i for i, s in enumerate(specs)}
+    return sorted(entries.values(), key=lambda e: order.get(e.name, len(order)))
+
+
+def _legacy_owner(weight: str, top: str, nested: set[str]) -> str:
+    """The layer a legacy weight name belongs to: ``c1/kernel:0`` in group ``m`` -> ``c1``."""
+    parts = weight.split(":")[0].split("/")[:-1]
+    parts = [p for p in parts if not p.endswith("_cell") and p not in keras_layers.MHA_PARTS]
+    for part in reversed(parts):
+        if part in nested:
+            return part
+    return parts[-1] if parts else top
+
+
+def _to_layer(f: Any, entry: Entry, path: str, opener: Callable[[], Any]) -> Layer:
+    variables = {var: _param(f[ds], ds, path, opener) for var, ds in entry.datasets.items()}
+    if entry.class_name in ("DepthwiseConv1D", "DepthwiseConv2D") and "depthwise_kernel" in variables:
+        variables["kernel"] = variables.pop("depthwise_kernel")   # tf.keras 2 spelling
+    return keras_layers.to_layer(entry.name, entry.class_name, variables, entry.config)
+
+
+def _param(ds: Any, ds_path: str, path: str, opener: Callable[[], Any]) -> Param:
+    dtype = _dtype(ds, ds_path, path)
+
+    def load() -> np.ndarray:
+        with opener() as f:
+            arr = f[ds_path][()]
+        return np.asarray(arr).view(dtypes.get(dtype).numpy) if dtype == "bfloat16" else np.asarray(arr)
+
+    return Param(ds.shape, dtype, load, key=ds_path)
+
+
+def _dtype(ds: Any, ds_path: str, path: str) -> str:
+    if ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):
+        return "bfloat16"
+    try:
+        return dtypes.BY_NUMPY[np.dtype(ds.dtype)].name
+    except (KeyError, TypeError):
+        raise fail(path, f"dataset {ds_path} has dtype {ds.dtype}, which surgery does not know") from None
+
+
+def write(graph: LayerGraph, path: str, *, template: str | None = None, **options: Any) -> None:
+    """Write ``graph``'s tensors into a copy of a Keras HDF5 file with the same structure.
+
+    Args:
+        graph: canonical layers; each one whose name is a layer of the template is written.
+        path: the output file.
+        template: the HDF5 file whose structure to copy; defaults to ``graph.path``
+            when the graph was read from an HDF5 file.
+
+    Raises:
+        SurgeryError: no template, or a tensor whose shape the template does not take.
+    """
+    template = template or (graph.path if graph.format == "h5" else None)
+    if not template:
+        raise SurgeryError(f"{path}: writing .h5 needs a Keras .h5 to copy the structure from "
+                           "(transplant into an existing .h5, or pass template=)")
+    target = graph if graph.format == "h5" and graph.path == template else read(template)
+    shutil.copyfile(template, path)
+    with _h5py().File(path, "r+") as f:
+        fill(f, graph, target, path)
+
+
+def fill(f: Any, graph: LayerGraph, target: LayerGraph, path: str) -> int:
+    """Overwrite, in an open writable HDF5 file, the datasets of every layer of ``graph`` found in ``target``.
+
+    Returns the number of datasets written.
+    """
+    entries: dict[str, Entry] = target.meta["h5"]["entries"]
+    written = 0
+    for layer in graph:
+        entry = entries.get(layer.name)
+        if entry is None:
+            continue
+        native = keras_layers.to_native(layer, entry.class_name, {**(entry.config or {}), **_shape_hints(entry, f)})
+        if "depthwise_kernel" in entry.datasets and "kernel" in native and "depthwise_kernel" not in native:
+            native["depthwise_kernel"] = native.pop("kernel")
+        for var, ds_path in entry.datasets.items():
+            if var in native:
+                _store(f, ds_path, native[var], path, layer.name)
+                written += 1
+    return written
+
+
+def _shape_hints(entry: Entry, f: Any) -> dict[str, Any]:
+    hints: dict[str, Any] = {}
+    if "alpha" in entry.datasets:
+        hints["alpha_shape"] = list(f[entry.datasets["alpha"]].shape)
+    return hints
+
+
+def _store(f: Any, ds_path: str, param: Param, path: str, layer: str) -> None:
+    ds = f[ds_path]
+    arr = param.read()
+    if tuple(arr.shape) != tuple(ds.shape):
+        if arr.size != int(np.prod(ds.shape)) or [d for d in arr.shape if d != 1] != [d for d in ds.shape if d != 1]:
+            raise fail(path, f"layer {layer!r}: {ds_path} takes shape {list(ds.shape)}, got {list(arr.shape)}",
+                       SurgeryError)
+        arr = arr.reshape(ds.shape)
+    if ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):
+        ds[...] = np.asarray(arr, dtypes.get("bfloat16").numpy).view(np.uint16)
+    else:
+        ds[...] = np.asarray(arr).astype(ds.dtype, copy=False)

@@ -1,0 +1,458 @@
+"""The one place where a Keras layer's variables become a canonical Layer, and back.
+
+Every Keras reader (``.keras``, ``.weights.h5``, legacy ``.h5``, TF-Keras
+checkpoints, a live ``keras.Model``) hands this module a dict of Keras
+variable names (``kernel``, ``moving_mean``, ``query/kernel``...) to lazy
+params in the native Keras layout; ``to_layer`` returns the canonical layer
+(PyTorch roles and layouts, arithmetic attributes) and ``to_native`` undoes it
+for writers. The transforms themselves are entries of ``layouts``; this module
+only says which one applies to which variable. Nothing here reads data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from . import layouts
+from .errors import SurgeryError
+from .graph import Layer, Param
+from .layouts import IDENTITY, Transform
+
+# Keras class -> canonical kind. Classes not listed pass through as ``unknown``.
+KIND_OF_CLASS: dict[str, str] = {
+    "Dense": "dense",
+    "Conv1D": "conv1d", "Conv2D": "conv2d", "Conv3D": "conv3d",
+    "Conv1DTranspose": "conv_transpose", "Conv2DTranspose": "conv_transpose", "Conv3DTranspose": "conv_transpose",
+    "DepthwiseConv1D": "conv1d", "DepthwiseConv2D": "depthwise_conv2d",
+    "SeparableConv1D": "separable_conv1d", "SeparableConv2D": "separable_conv2d",
+    "BatchNormalization": "batch_norm", "LayerNormalization": "layer_norm",
+    "Embedding": "embedding", "LSTM": "lstm", "GRU": "gru",
+    "MultiHeadAttention": "multi_head_attention", "PReLU": "prelu",
+}
+# The reverse, for writing a canonical layer into a Keras file with no template.
+CLASS_OF_KIND: dict[str, str] = {
+    "dense": "Dense", "conv1d": "Conv1D", "conv2d": "Conv2D", "conv3d": "Conv3D",
+    "depthwise_conv2d": "DepthwiseConv2D", "separable_conv2d": "SeparableConv2D",
+    "batch_norm": "BatchNormalization", "layer_norm": "LayerNormalization", "embedding": "Embedding",
+    "lstm": "LSTM", "gru": "GRU", "multi_head_attention": "MultiHeadAttention", "prelu": "PReLU",
+}
+# The order in which Keras 3 creates (and ``.weights.h5`` numbers) each class's variables.
+VARIABLE_ORDER: dict[str, tuple[str, ...]] = {
+    **{c: ("kernel", "bias") for c in KIND_OF_CLASS if c.startswith(("Dense", "Conv", "Depthwise"))},
+    "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel", "bias"),
+    "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel", "bias"),
+    "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+    "LayerNormalization": ("gamma", "beta"),
+    "Embedding": ("embeddings",),
+    "LSTM": ("kernel", "recurrent_kernel", "bias"),
+    "GRU": ("kernel", "recurrent_kernel", "bias"),
+    "PReLU": ("alpha",),
+}
+MHA_PARTS = ("query", "key", "value", "attention_output")
+_CONV = {3: ("WIO", "OIW"), 4: ("HWIO", "OIHW"), 5: ("DHWIO", "OIDHW")}
+_CONV_T = {3: ("WOI", "IOW"), 4: ("HWOI", "IOHW"), 5: ("DHWOI", "IODHW")}
+
+
+def derive(param: Param, transform: Transform, *, key: str | None = None) -> Param:
+    """A lazy param that is ``transform`` applied to ``param``; nothing is read now."""
+    if transform is IDENTITY and key is None:
+        return param
+    layout = transform.name if transform is not IDENTITY else param.layout
+    return Param(transform.shape(param.shape), param.dtype, lambda: transform(param.read()),
+                 key=param.key if key is None else key, layout=layout, ident=None)
+
+
+def zeros_like_rows(param: Param, rows: int, note: str) -> Param:
+    """A lazy zero vector of ``rows`` elements in ``param``'s dtype (the second PyTorch RNN bias)."""
+    from . import dtypes
+
+    np_type = dtypes.get(param.dtype).numpy
+    return Param((rows,), param.dtype, lambda: np.zeros(rows, np_type), key=param.key, layout=note)
+
+
+def summed(a: Param, b: Param, note: str) -> Param:
+    """A lazy ``a + b`` (PyTorch's two RNN biases folded into Keras' one)."""
+    return Param(a.shape, a.dtype, lambda: a.read() + b.read(), key=a.key, layout=note)
+
+
+def stacked(parts: list[Param], note: str) -> Param:
+    """A lazy ``np.stack(parts)`` (the two Keras GRU bias rows)."""
+    return Param((len(parts), *parts[0].shape), parts[0].dtype,
+                 lambda: np.stack([p.read() for p in parts]), key=parts[0].key, layout=note)
+
+
+def concat(parts: list[Param], note: str) -> Param:
+    """A lazy concatenation along the first axis (q, k, v into a fused projection)."""
+    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    return Param(shape, parts[0].dtype, lambda: np.concatenate([p.read() for p in parts]),
+                 key=parts[0].key, layout=note)
+
+
+def var_name(weight_name: str, layer_name: str = "") -> str:
+    """A Keras variable's name inside its layer: ``seq/gru/gru_cell/kernel:0`` -> ``kernel``.
+
+    Attention sub-layers keep their part: ``mha/query/kernel`` -> ``query/kernel``.
+    """
+    parts = [p for p in weight_name.split(":")[0].split("/") if p]
+    if len(parts) >= 2 and parts[-2] in MHA_PARTS:
+        return "/".join(parts[-2:])
+    return parts[-1] if parts else weight_name
+
+
+def infer_class(variables: dict[str, Param]) -> str | None:
+    """The Keras class a set of variables most likely belongs to, from names and ranks."""
+    names = set(variables)
+    kernel = variables.get("kernel")
+    if "query/kernel" in names:
+        return "MultiHeadAttention"
+    if {"depthwise_kernel", "pointwise_kernel"} <= names:
+        return f"SeparableConv{len(variables['depthwise_kernel'].shape) - 2}D"
+    if "depthwise_kernel" in names:
+        return f"DepthwiseConv{len(variables['depthwise_kernel'].shape) - 2}D"
+    if "recurrent_kernel" in names and kernel is not None:
+        gates = kernel.shape[1] // max(variables["recurrent_kernel"].shape[0], 1)
+        return {4: "LSTM", 3: "GRU"}.get(gates)
+    if "moving_mean" in names:
+        return "BatchNormalization"
+    if names & {"gamma", "beta"}:
+        return "LayerNormalization"
+    if "embeddings" in names:
+        return "Embedding"
+    if "alpha" in names:
+        return "PReLU"
+    if kernel is not None:
+        return {2: "Dense", 3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}.get(len(kernel.shape))
+    return None
+
+
+def attrs_of(class_name: str | None, config: dict | None) -> dict[str, Any]:
+    """The attributes that change the arithmetic, in canonical (PyTorch) meaning.
+
+    ``momentum`` is PyTorch's (``1 - keras_momentum``). Values not in a config
+    are Keras' defaults, listed under ``assumed`` so reports can say so.
+    """
+    cfg = config or {}
+    attrs: dict[str, Any] = {"keras_class": class_name}
+    assumed: list[str] = []
+
+    def take(key: str, attr: str, default: Any = None, convert: Callable[[Any], Any] = lambda v: v) -> None:
+        if key in cfg:
+            attrs[attr] = convert(cfg[key])
+        elif default is not None:
+            attrs[attr] = convert(default)
+            assumed.append(attr)
+
+    for key in ("use_bias", "padding", "strides", "dilation_rate", "groups", "data_format", "kernel_size",
+                "depth_multiplier", "units", "recurrent_activation", "return_sequences", "go_backwards",
+                "num_heads", "key_dim", "value_dim", "center", "scale", "shared_axes"):
+        take(key, key)
+    if "activation" in cfg:
+        act = cfg["activation"]
+        attrs["activation"] = act.get("config", {}).get("name", act.get("class_name")) if isinstance(act, dict) else act
+    if class_name in ("BatchNormalization", "LayerNormalization"):
+        take("epsilon", "eps", 1e-3)
+    if class_name == "BatchNormalization":
+        take("momentum", "momentum", 0.99, lambda m: round(1.0 - float(m), 10))
+    if class_name == "GRU":
+        take("reset_after", "reset_after")
+    if assumed:
+        attrs["assumed"] = assumed
+    return attrs
+
+
+def to_layer(name: str, class_name: str | None, variables: dict[str, Param], config: dict | None = None) -> Layer:
+    """A Keras layer's variables as a canonical Layer.
+
+    Args:
+        name: the Keras layer name (becomes ``Layer.name``).
+        class_name: ``"Dense"``, ``"Conv2D"``...; None to infer it from names and ranks.
+        variables: Keras variable name (``kernel``, ``query/kernel``...) -> lazy Param in Keras layout.
+        config: the layer's Keras config (the inner ``config`` dict), if known.
+
+    Returns:
+        The layer with canonical kind, roles, lazy canonical params and attrs.
+
+    Example:
+        >>> to_layer("fc1", "Dense", {"kernel": k, "bias": b}).params["weight"].shape  # k is (in, out)
+        (out, in)
+    """
+    cls = class_name or infer_class(variables)
+    attrs = attrs_of(cls, config)
+    if cls == "GRU" and "reset_after" not in attrs and "bias" in variables:
+        attrs["reset_after"] = len(variables["bias"].shape) == 2   # two bias rows <=> reset_after
+    reader = _READERS.get(cls or "")
+    kind = KIND_OF_CLASS.get(cls or "", "unknown")
+    try:
+        params = reader(variables, attrs) if reader else dict(variables)
+    except KeyError as missing:
+        raise SurgeryError(f"Keras layer {name!r} ({cls}): variable {missing} missing; has {sorted(variables)}") from None
+    if reader is None:
+        kind = "unknown"
+    frozen = bool(config) and config.get("trainable") is False
+    return Layer(name, kind, params, attrs, frozen)
+
+
+def _dense(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+    out = {"weight": derive(v["kernel"], layouts.permute("IO", "OI"))}
+    return _with(out, "bias", v.get("bias"))
+
+
+def _with(out: dict[str, Param], role: str, param: Param | None, t: Transform = IDENTITY) -> dict[str, Param]:
+    if param is not None:
+        out[role] = derive(param, t)
+    return out
+
+
+def _conv(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+    out = {"weight": derive(v["kernel"], layouts.permute(*_CONV[len(v["kernel"].shape)]))}
+    return _with(out, "bias", v.get("bias"))
+
+
+def _conv_transpose(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+    out = {"weight": derive(v["kernel"], layouts.permute(*_CONV_T[len(v["kernel"].shape)]))}
+    return _with(out, "bias", v.get("bias"))
+
+
+def _depthwise(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+    kernel = v["depthwise_kernel"] if "depthwise_kernel" in v else v["kernel"]
+    attrs["groups"] = kernel.shape[-2]
+    attrs["depth_multiplier"] = kernel.shape[-1]
+    out = {"weight": derive(kernel, layouts.depthwise(len(kernel.shape) - 2))}
+    return _with(out, "bias", v.get("bias"))
+
+
+def _separable(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+    dw = v["depthwise_kernel"]
+    attrs["groups"] = dw.shape[-2]
+    attrs["depth_multiplier"] = dw.shape[-1]
+    out = {
+        "depthwise.weight": derive(dw, layouts.depthwise(len(dw.shape) - 2)),
+        "pointwise.weight": derive(v["pointwise_kernel"], layouts.permute(*_CONV[len(dw.shape)])),
+    }
+    return _with(out, "pointwise.bias", v.get("bias"))
+
+
+def _norm(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+    out: dict[str, Param] = {}
+    _with(out, "weight", v.get("gamma"))
+    _with(out, "bias", v.get("beta"))
+    _with(out, "running_mean", v.get("moving_mean"))
+    return _with(out, "running_var", v.get("moving_variance"))
+
+
+def _embedding(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+    return {"weight": v["embeddings"]}
+
+
+def _lstm(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+    # Keras' i,f,c,o is PyTorch's i,f,g,o: only the transposes differ.
+    out = {"weight_ih_l0": derive(v["kernel"], layouts.permute("IO", "OI")),
+           "weight_hh_l0": derive(v["recurrent_kernel"], layouts.permute("IO", "OI"))}
+    bias = v.get("bias")
+    if bias is not None:
+        out["bias_ih_l0"] = derive(bias, IDENTITY, key=bias.key)
+        out["bias_hh_l0"] = zeros_like_rows(bias, bias.shape[0], "zeros (Keras has one LSTM bias)")
+    return out
+
+
+def _gru(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+    reorder = layouts.gates(layouts.GATE_ORDERS["keras_gru"], layouts.GATE_ORDERS["torch_gru"])
+    out = {"weight_ih_l0": derive(v["kernel"], layouts.permute("IO", "OI").then(reorder)),
+           "weight_hh_l0": derive(v["recurrent_kernel"], layouts.permute("IO", "OI").then(reorder))}
+    bias = v.get("bias")
+    if bias is not None and len(bias.shape) == 2:
+        out["bias_ih_l0"] = derive(bias, layouts.row(0).then(reorder))
+        out["bias_hh_l0"] = derive(bias, layouts.row(1).then(reorder))
+    elif bias is not None:
+        out["bias_ih_l0"] = derive(bias, reorder)
+    return out
+
+
+def _mha(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+    q, k, val = v["query/kernel"], v["key/kernel"], v["value/kernel"]
+    attrs.setdefault("num_heads", q.shape[1])
+    attrs.setdefault("key_dim", q.shape[2])
+    projections = [derive(p, layouts.heads_in()) for p in (q, k, val)]
+    fused = q.shape == k.shape == val.shape and q.shape[0] == q.shape[1] * q.shape[2]
+    out: dict[str, Param] = {}
+    if fused:
+        out["in_proj_weight"] = concat(projections, "q,k,v (d,heads,head_dim) -> in_proj_weight")
+    else:
+        for letter, proj in zip("qkv", projections):
+            out[f"{letter}_proj_weight"] = proj
+    biases = [v.get(f"{part}/bias") for part in MHA_PARTS[:3]]
+    if all(b is not None for b in biases):
+        flat = [derive(b, layouts.reshape((b.shape[0] * b.shape[1],), "heads,head_dim->(heads*head_dim)"))
+                for b in biases]
+        out["in_proj_bias"] = concat(flat, "q,k,v biases -> in_proj_bias")
+    out["out_proj.weight"] = derive(v["attention_output/kernel"], layouts.heads_out())
+    return _with(out, "out_proj.bias", v.get("attention_output/bias"))
+
+
+def _prelu(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+    alpha = v["alpha"]
+    attrs["alpha_shape"] = list(alpha.shape)
+    if all(d == 1 for d in alpha.shape[:-1]):
+        return {"weight": derive(alpha, layouts.prelu())}
+    # A per-position alpha has no PyTorch equivalent: keep it channels-first so a plan reports the shape.
+    letters = "DHWC"[-len(alpha.shape):]
+    return {"weight": derive(alpha, layouts.permute(letters, letters[-1] + letters[:-1]))}
+
+
+_READERS: dict[str, Callable[[dict[str, Param], dict], dict[str, Param]]] = {
+    "Dense": _dense, "Conv1D": _conv, "Conv2D": _conv, "Conv3D": _conv,
+    "Conv1DTranspose": _conv_transpose, "Conv2DTranspose": _conv_transpose, "Conv3DTranspose": _conv_transpose,
+    "DepthwiseConv1D": _depthwise, "DepthwiseConv2D": _depthwise,
+    "SeparableConv1D": _separable, "SeparableConv2D": _separable,
+    "BatchNormalization": _norm, "LayerNormalization": _norm, "Embedding": _embedding,
+    "LSTM": _lstm, "GRU": _gru, "MultiHeadAttention": _mha, "PReLU": _prelu,
+}
+
+
+def to_native(layer: Layer, class_name: str | None, config: dict | None = None) -> dict[str, Param]:
+    """A canonical Layer as Keras variables: name -> lazy Param in Keras layout (the inverse of ``to_layer``).
+
+    Args:
+        layer: canonical layer (from any framework).
+        class_name: the destination Keras class; None to take it from
+            ``layer.attrs["keras_class"]`` or the layer's kind.
+        config: the destination layer's Keras config, which wins over ``layer.attrs``
+            for what the layout depends on (``depth_multiplier``, ``num_heads``, ``reset_after``...).
+
+    Raises:
+        SurgeryError: the layer cannot be expressed in that class exactly (a
+        PyTorch GRU into a Keras GRU with ``reset_after=False``).
+    """
+    cls = class_name or layer.attrs.get("keras_class") or CLASS_OF_KIND.get(layer.kind)
+    writer = _WRITERS.get(cls or "")
+    if writer is None:
+        return dict(layer.params)
+    setting = {**layer.attrs, **(config or {})}
+    try:
+        return writer(layer, layer.params, setting)
+    except KeyError as missing:
+        raise SurgeryError(f"layer {layer.name!r} as Keras {cls}: canonical tensor {missing} missing; "
+                           f"has {sorted(layer.params)}") from None
+
+
+def _opt(out: dict[str, Param], key: str, param: Param | None, t: Transform = IDENTITY) -> dict[str, Param]:
+    if param is not None:
+        out[key] = derive(param, t)
+    return out
+
+
+def _dense_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+    return _opt({"kernel": derive(p["weight"], layouts.permute("OI", "IO"))}, "bias", p.get("bias"))
+
+
+def _conv_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+    native, canonical = _CONV[len(p["weight"].shape)]
+    return _opt({"kernel": derive(p["weight"], layouts.permute(canonical, native))}, "bias", p.get("bias"))
+
+
+def _conv_transpose_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+    native, canonical = _CONV_T[len(p["weight"].shape)]
+    return _opt({"kernel": derive(p["weight"], layouts.permute(canonical, native))}, "bias", p.get("bias"))
+
+
+def _depthwise_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+    spatial = len(p["weight"].shape) - 2
+    kernel = derive(p["weight"], layouts.depthwise_back(int(cfg.get("depth_multiplier") or 1), spatial))
+    return _opt({"kernel": kernel}, "bias", p.get("bias"))
+
+
+def _separable_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+    dw, pw = p["depthwise.weight"], p["pointwise.weight"]
+    native, canonical = _CONV[len(pw.shape)]
+    out = {"depthwise_kernel": derive(dw, layouts.depthwise_back(int(cfg.get("depth_multiplier") or 1),
+                                                                 len(dw.shape) - 2)),
+           "pointwise_kernel": derive(pw, layouts.permute(canonical, native))}
+    return _opt(out, "bias", p.get("pointwise.bias"))
+
+
+def _norm_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+    out: dict[str, Param] = {}
+    if cfg.get("scale", True) is not False:
+        _opt(out, "gamma", p.get("weight"))
+    if cfg.get("center", True) is not False:
+        _opt(out, "beta", p.get("bias"))
+    _opt(out, "moving_mean", p.get("running_mean"))
+    return _opt(out, "moving_variance", p.get("running_var"))
+
+
+def _embedding_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+    return {"embeddings": p["weight"]}
+
+
+def _lstm_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+    out = {"kernel": derive(p["weight_ih_l0"], layouts.permute("OI", "IO")),
+           "recurrent_kernel": derive(p["weight_hh_l0"], layouts.permute("OI", "IO"))}
+    ih, hh = p.get("bias_ih_l0"), p.get("bias_hh_l0")
+    if ih is not None and hh is not None:
+        out["bias"] = summed(ih, hh, "bias_ih + bias_hh -> one Keras bias")
+    return _opt(out, "bias", ih) if hh is None else out
+
+
+def _gru_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+    reorder = layouts.gates(layouts.GATE_ORDERS["torch_gru"], layouts.GATE_ORDERS["keras_gru"])
+    out = {"kernel": derive(p["weight_ih_l0"], reorder.then(layouts.permute("OI", "IO"))),
+           "recurrent_kernel": derive(p["weight_hh_l0"], reorder.then(layouts.permute("OI", "IO")))}
+    ih, hh = p.get("bias_ih_l0"), p.get("bias_hh_l0")
+    reset_after = cfg.get("reset_after", True) is not False
+    if ih is None:
+        return out
+    if reset_after != (hh is not None):
+        raise SurgeryError(
+            f"GRU layer {layer.name!r}: the source has {'two bias vectors (reset_after=True)' if hh is not None else 'one bias vector (reset_after=False)'} "
+            f"but the Keras destination has reset_after={reset_after}; the two GRU variants compute differently")
+    if hh is None:
+        out["bias"] = derive(ih, reorder)
+    else:
+        out["bias"] = stacked([derive(ih, reorder), derive(hh, reorder)], "bias_ih, bias_hh -> (2, 3H)")
+    return out
+
+
+def _mha_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+    heads = cfg.get("num_heads")
+    if not heads:
+        raise SurgeryError(f"attention layer {layer.name!r}: number of heads unknown; give the destination's config")
+    heads = int(heads)
+    if "in_proj_weight" in p:
+        e = p["in_proj_weight"].shape[0] // 3
+        projections = [derive(p["in_proj_weight"], layouts.rows(i * e, (i + 1) * e)) for i in range(3)]
+    else:
+        projections = [p[f"{letter}_proj_weight"] for letter in "qkv"]
+    out: dict[str, Param] = {}
+    for part, proj in zip(MHA_PARTS, projections):
+        out[f"{part}/kernel"] = derive(proj, layouts.heads_in_back(heads))
+    bias = p.get("in_proj_bias")
+    if bias is not None:
+        sizes = [proj.shape[0] for proj in projections]
+        starts = np.cumsum([0, *sizes])
+        for part, start, size in zip(MHA_PARTS, starts, sizes):
+            to_heads = layouts.reshape((heads, size // heads), "(heads*head_dim)->heads,head_dim")
+            out[f"{part}/bias"] = derive(bias, layouts.rows(int(start), int(start + size)).then(to_heads))
+    out["attention_output/kernel"] = derive(p["out_proj.weight"], layouts.heads_out_back(heads))
+    return _opt(out, "attention_output/bias", p.get("out_proj.bias"))
+
+
+def _prelu_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+    weight = p["weight"]
+    shape = tuple(cfg.get("alpha_shape") or (1, 1, weight.shape[0]))
+    if len(weight.shape) == 1 and int(np.prod(shape)) == weight.shape[0]:
+        return {"alpha": derive(weight, layouts.prelu_back(shape))}
+    letters = "DHWC"[-len(weight.shape):]
+    return {"alpha": derive(weight, layouts.permute(letters[-1] + letters[:-1], letters))}
+
+
+_WRITERS: dict[str, Callable[[Layer, dict[str, Param], dict], dict[str, Param]]] = {
+    "Dense": _dense_back, "Conv1D": _conv_back, "Conv2D": _conv_back, "Conv3D": _conv_back,
+    "Conv1DTranspose": _conv_transpose_back, "Conv2DTranspose": _conv_transpose_back,
+    "Conv3DTranspose": _conv_transpose_back,
+    "DepthwiseConv1D": _depthwise_back, "DepthwiseConv2D": _depthwise_back,
+    "SeparableConv1D": _separable_back, "SeparableConv2D": _separable_back,
+    "BatchNormalization": _norm_back, "LayerNormalization": _norm_back, "Embedding": _embedding_back,
+    "LSTM": _lstm_back, "GRU": _gru_back, "MultiHeadAttention": _mha_back, "PReLU": _prelu_back,
+}

@@ -1,0 +1,131 @@
+"""A live ``keras.Model`` as a canonical LayerGraph: read its weights, set them, freeze layers.
+
+Keras is imported only by the functions that build or run models; these
+functions take a model the caller already built, so they only touch its
+layers and variables, converting at the boundary with ``keras_layers``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .. import dtypes, keras_layers
+from ..errors import SurgeryError
+from ..graph import Layer, LayerGraph, Param
+
+
+def leaf_layers(model: Any) -> Iterator[Any]:
+    """Every layer that is not itself a model, depth first in the model's order."""
+    for layer in getattr(model, "layers", []):
+        if _is_model(layer):
+            yield from leaf_layers(layer)
+        else:
+            yield layer
+
+
+def _is_model(layer: Any) -> bool:
+    import keras
+
+    return isinstance(layer, keras.Model)
+
+
+def _variables(layer: Any) -> dict[str, Any]:
+    return {keras_layers.var_name(v.path, layer.name): v for v in layer.weights}
+
+
+def _param(var: Any) -> Param:
+    dtype = dtypes.get(str(var.dtype)).name
+    return Param(tuple(var.shape), dtype, lambda: np.asarray(var.numpy()), key=var.path)
+
+
+def graph_of(model: Any) -> LayerGraph:
+    """The live model's weighted layers as a canonical graph (lazy: reads variables on ``read()``)."""
+    layers = []
+    for layer in leaf_layers(model):
+        variables = _variables(layer)
+        if not variables:
+            continue
+        canonical = keras_layers.to_layer(layer.name, type(layer).__name__,
+                                          {k: _param(v) for k, v in variables.items()}, layer.get_config())
+        canonical.frozen = not layer.trainable
+        layers.append(canonical)
+    return LayerGraph(layers, path=None, format="live-keras")
+
+
+def _grouped(model: Any, values: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """Accept ``{layer: {role: array}}`` or flat ``{"layer.role": array}``."""
+    names = sorted((layer.name for layer in leaf_layers(model)), key=len, reverse=True)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.setdefault(key, {}).update(value)
+            continue
+        owner = next((n for n in names if key.startswith(n + ".")), None)
+        if owner is None:
+            raise SurgeryError(f"{key}: no layer of the Keras model {model.name!r} owns this tensor")
+        out.setdefault(owner, {})[key[len(owner) + 1:]] = value
+    return out
+
+
+def assign(model: Any, values: dict[str, Any]) -> None:
+    """Set canonical values (``{layer: {role: array}}`` or ``{"layer.role": array}``) into the model's variables.
+
+    Roles not given keep the layer's current values; each layer is converted to
+    Keras' layout with ``keras_layers.to_native`` and assigned variable by variable.
+
+    Raises:
+        SurgeryError: unknown layer or role, or a shape the variable does not take.
+    """
+    by_name = {layer.name: layer for layer in leaf_layers(model)}
+    current = graph_of(model)
+    for name, roles in _grouped(model, values).items():
+        if name not in current:
+            raise SurgeryError(f"{name}: not a weighted layer of the Keras model {model.name!r}")
+        layer, live = current[name], by_name[name]
+        unknown = set(roles) - set(layer.params)
+        if unknown:
+            raise SurgeryError(f"{name}: roles {sorted(unknown)} not in {sorted(layer.params)}")
+        params = {r: Param.from_array(np.asarray(roles[r]), key=f"{name}.{r}") if r in roles else p
+                  for r, p in layer.params.items()}
+        native = keras_layers.to_native(Layer(name, layer.kind, params, layer.attrs), type(live).__name__,
+                                        live.get_config())
+        for var_name, var in _variables(live).items():
+            if var_name in native:
+                _set(var, native[var_name].read(), name)
+
+
+def _set(var: Any, arr: np.ndarray, layer: str) -> None:
+    if tuple(arr.shape) != tuple(var.shape):
+        if arr.size != int(np.prod(var.shape)):
+            raise SurgeryError(f"{layer}: {var.path} takes shape {list(var.shape)}, got {list(arr.shape)}")
+        arr = arr.reshape(tuple(var.shape))
+    var.assign(arr.astype(dtypes.get(str(var.dtype)).numpy))
+
+
+def freeze(model: Any, globs: Iterable[str]) -> list[str]:
+    """Set ``trainable=False`` on every layer whose name matches a glob; returns their names."""
+    patterns = list(globs)
+    frozen = []
+    for layer in leaf_layers(model):
+        if any(fnmatch.fnmatchcase(layer.name, g) for g in patterns):
+            layer.trainable = False
+            frozen.append(layer.name)
+    return frozen
+
+
+def set_attrs(model: Any, graph: LayerGraph) -> list[str]:
+    """Apply ``layer.attrs["set"]`` (eps, PyTorch-meaning momentum) of a transplant's graph; returns what was set."""
+    done = []
+    for live in leaf_layers(model):
+        layer = graph.layers.get(live.name)
+        wanted = (layer.attrs.get("set") or {}) if layer is not None else {}
+        if "eps" in wanted and hasattr(live, "epsilon"):
+            live.epsilon = float(wanted["eps"])
+            done.append(f"{live.name}: epsilon = {live.epsilon}")
+        if "momentum" in wanted and hasattr(live, "momentum"):
+            live.momentum = 1.0 - float(wanted["momentum"])
+            done.append(f"{live.name}: momentum = {live.momentum}")
+    return done
