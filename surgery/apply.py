@@ -116,7 +116,7 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
     graph = result.graph if result else obj
     for origin in filter(None, [source, result and result.plan.src.path]):
         refuse_overwrite(origin, path)
-    name = formats.for_output(path)
+    name = formats.for_output(path, like=graph.format)
     copied = set(result.plan.copies()) if result else set()
     bar = progress(graph.nbytes, desc=f"writing {os.path.basename(path)}", quiet=quiet)
 
@@ -137,7 +137,7 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
             written = [path]
         else:
             with atomic_path(path) as tmp:
-                formats.module(name).write(watched, tmp)
+                formats.module(name).write(watched, tmp, target=path)
             written = [path]
     if result is not None:
         result.output = path

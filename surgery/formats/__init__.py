@@ -30,10 +30,13 @@ FORMATS: dict[str, str] = {
     "safetensors": "surgery.formats.safetensors",
     "keras": "surgery.formats.keras",
     "h5": "surgery.formats.h5",
+    "torchscript": "surgery.formats.torchscript",
+    "exported_program": "surgery.formats.exported_program",
     "torch": "surgery.formats.torch",
     "tf_checkpoint": "surgery.formats.tf_checkpoint",
     "saved_model": "surgery.formats.saved_model",
     "folder": "surgery.formats.folder",
+    "onnx": "surgery.formats.onnx",
 }
 
 
@@ -56,13 +59,21 @@ def detect(path: str | os.PathLike) -> str:
     raise FormatError(f"{path}: not a checkpoint surgery can read (known formats: {', '.join(FORMATS)})")
 
 
-def for_output(path: str | os.PathLike) -> str:
-    """The format to write ``path`` in, from its suffix."""
+# Formats that are written under another format's suffix: a TorchScript archive is usually a `.pt`.
+ALSO_WRITTEN_AS = {"torchscript": "torch"}
+
+
+def for_output(path: str | os.PathLike, *, like: str | None = None) -> str:
+    """The format to write ``path`` in, from its suffix.
+
+    ``like`` is the format the graph was read from: a TorchScript graph written to
+    a ``.pt`` stays TorchScript, instead of becoming a bare state_dict.
+    """
     path = os.fspath(path)
     lowered = path.lower()
     for name in FORMATS:
         if any(lowered.endswith(s) for s in module(name).SUFFIXES):
-            return name
+            return like if like and ALSO_WRITTEN_AS.get(like) == name else name
     raise FormatError(f"{path}: cannot tell the output format from its name")
 
 

@@ -1,0 +1,152 @@
+"""ONNX external data: where it may live, how it is read, and how it is written.
+
+A tensor's external data must be a relative path that resolves (symlinks
+included) inside the model's folder, within the file's size; this is checked
+when the model is read, before any data is. Data is memory-mapped.
+Writing copies each data file into the output folder with the new tensors
+patched in at the template's offsets, so names and layout stay the same.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from typing import Any
+
+import numpy as np
+
+from .. import dtypes
+from ..errors import fail
+
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+
+
+def np_dtype(tensor: Any) -> np.dtype:
+    from onnx import helper
+
+    return np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+
+
+def numel(tensor: Any) -> int:
+    return int(np.prod(tensor.dims, dtype=np.int64))
+
+
+def surgery_dtype(tensor: Any) -> str | None:
+    """The surgery dtype of an initializer, or None for types surgery does not carry (strings, int4)."""
+    from onnx import helper
+
+    try:
+        return dtypes.BY_NUMPY[np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))].name
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class Source:
+    """Loads initializer data from the model or its external files, checked up front."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.folder = os.path.dirname(os.path.abspath(path))
+        self.external: dict[str, tuple[str, int, int]] = {}  # name -> (file, offset, length)
+
+    def check(self, tensor: Any) -> None:
+        """Refuse data that lies outside the folder, past a file's end, or short of its shape."""
+        expected = numel(tensor) * np_dtype(tensor).itemsize
+        if tensor.data_location != _EXTERNAL:
+            raw = len(tensor.raw_data)
+            if tensor.HasField("raw_data") and raw != expected:
+                raise fail(self.path, f"initializer {tensor.name!r} holds {raw} bytes, its shape needs {expected}")
+            return
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        file = self._resolve(tensor.name, location)
+        offset, length = int(info.get("offset", 0)), int(info.get("length", expected))
+        size = os.path.getsize(file)
+        if length != expected or offset < 0 or offset + length > size:
+            raise fail(
+                self.path,
+                f"initializer {tensor.name!r}: external data {location!r} bytes {offset}..{offset + length} "
+                f"do not hold its {expected} bytes (file is {size} bytes)",
+            )
+        self.external[tensor.name] = (file, offset, length)
+
+    def _resolve(self, name: str, location: str) -> str:
+        if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
+            raise fail(self.path, f"initializer {name!r}: external data location {location!r} is not a relative path")
+        file = os.path.realpath(os.path.join(self.folder, location))
+        if os.path.commonpath([file, os.path.realpath(self.folder)]) != os.path.realpath(self.folder):
+            raise fail(self.path, f"initializer {name!r}: external data {location!r} points outside the model's folder")
+        if not os.path.isfile(file):
+            raise fail(self.path, f"initializer {name!r}: external data file {location!r} is missing")
+        return file
+
+    def load(self, tensor: Any) -> np.ndarray:
+        """The native array of one initializer (memory-mapped when external)."""
+        from onnx import numpy_helper
+
+        shape = tuple(tensor.dims)
+        if tensor.name in self.external:
+            file, offset, _ = self.external[tensor.name]
+            dtype = np_dtype(tensor).newbyteorder("<")
+            if not shape or 0 in shape:
+                return np.fromfile(file, dtype, count=numel(tensor), offset=offset).reshape(shape)
+            return np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape)
+        return numpy_helper.to_array(tensor)
+
+
+def atomic_target(path: str) -> str | None:
+    """The target of a ``surgery.io.atomic_path`` temporary file (``.NAME.XXXX.tmp``)."""
+    match = re.match(r"^\.(.+)\.[^.]+\.tmp$", os.path.basename(path))
+    return os.path.join(os.path.dirname(path), match.group(1)) if match else None
+
+
+class ExternalCopies:
+    """The template's external data files, copied into the output folder to be patched.
+
+    Each file is copied to a temporary name beside its final one; ``patch``
+    writes a tensor at the template's own offset (sizes are equal, so names and
+    layout stay the same); on success every copy is renamed into place, on an
+    error removed. Renaming over the template's own data is allowed only when
+    the output replaces the template itself.
+    """
+
+    def __init__(self, source: Source, out_folder: str, template: str, final: str) -> None:
+        self.source = source
+        self.tmps: dict[str, tuple[str, str]] = {}  # source file -> (temporary copy, final name)
+        root = os.path.realpath(source.folder)
+        for file, _, _ in source.external.values():
+            out = os.path.join(out_folder, os.path.relpath(file, root))
+            if os.path.exists(out) and os.path.samefile(out, file) and not _same(final, template):
+                raise fail(final, f"writing it would overwrite {out}, the external data of {template}; "
+                           "write the output into another folder")
+            self.tmps[file] = (f"{out}.surgery.tmp", out)
+
+    def __enter__(self) -> "ExternalCopies":
+        for file, (tmp, out) in self.tmps.items():
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            shutil.copyfile(file, tmp)
+        return self
+
+    def patch(self, name: str, arr: np.ndarray) -> None:
+        file, offset, length = self.source.external[name]
+        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        if len(data) != length:
+            raise fail(self.source.path, f"initializer {name!r}: new data is {len(data)} bytes, not {length}")
+        with open(self.tmps[file][0], "r+b") as f:
+            f.seek(offset)
+            f.write(data)
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        for tmp, out in self.tmps.values():
+            if kind is None:
+                os.replace(tmp, out)
+            elif os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)

@@ -1,0 +1,92 @@
+"""How one ONNX initializer becomes canonical tensors, and back.
+
+An initializer is a ``Slot``: one native tensor cut into one or more
+canonical ``Piece``s (an ONNX ``LSTM`` ``B`` holds ``bias_ih`` and ``bias_hh``
+for every direction). ``fwd`` turns the native array into one piece; ``back``
+turns all pieces into the native array again, which is what the writer needs.
+
+Gate orders (ONNX operator spec vs ``torch.nn.LSTM``/``GRU``):
+LSTM ONNX ``i,o,f,c`` -> PyTorch ``i,f,g,o``; GRU ONNX ``z,r,h`` -> PyTorch
+``r,z,n``. ONNX ``W`` is ``(dirs, G*H, in)``, ``R`` ``(dirs, G*H, H)``,
+``B`` ``(dirs, 2*G*H)`` = ``[Wb, Rb]``; direction 1 is PyTorch's ``_reverse``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..layouts import permute
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class Piece:
+    role: str                       # canonical role: "weight", "bias_ih_l0_reverse"...
+    shape: tuple[int, ...]          # canonical shape
+    layout: str                     # "" when native == canonical
+    fwd: Callable[[Array], Array]   # native initializer -> this piece
+
+
+@dataclass(frozen=True)
+class Slot:
+    tensor: Any                     # the onnx TensorProto
+    pieces: tuple[Piece, ...]
+    back: Callable[[list[Array]], Array]  # all pieces, in order -> native initializer
+
+
+def plain_slot(tensor: Any, role: str) -> Slot:
+    """An initializer already in canonical layout."""
+    return Slot(tensor, (Piece(role, tuple(tensor.dims), "", lambda a: a),), lambda ps: ps[0])
+
+
+def dense_slot(tensor: Any, *, transposed: bool) -> Slot:
+    """A dense weight: ``(out, in)`` as is (Gemm transB=1), ``(in, out)`` transposed (Gemm transB=0, MatMul)."""
+    if not transposed:
+        return plain_slot(tensor, "weight")
+    fwd, back = permute("IO", "OI"), permute("OI", "IO")
+    return Slot(tensor, (Piece("weight", fwd.shape(tuple(tensor.dims)), fwd.name, fwd.apply),),
+                lambda ps: back(ps[0]))
+
+
+# ONNX gate block k of the canonical order: canonical = native blocks [ORDER...].
+GATES = {
+    "lstm": ((0, 2, 3, 1), "gates iofc->ifgo"),
+    "gru": ((1, 0, 2), "gates zrh->rzn"),
+}
+
+
+def reorder(arr: Array, order: tuple[int, ...]) -> Array:
+    """Rearrange the gate blocks along axis 0."""
+    blocks = np.split(np.asarray(arr), len(order), axis=0)
+    return np.concatenate([blocks[i] for i in order], axis=0)
+
+
+def rnn_slot(tensor: Any, kind: str, which: str) -> Slot:
+    """An ONNX ``LSTM``/``GRU`` input ``W``, ``R`` or ``B`` as PyTorch's per-direction tensors."""
+    order, name = GATES[kind]
+    inverse = tuple(int(i) for i in np.argsort(order))
+    dims = tuple(tensor.dims)
+    dirs = dims[0]
+    sfx = ["" if d == 0 else "_reverse" for d in range(dirs)]
+    if which in ("W", "R"):
+        role = "weight_ih_l0" if which == "W" else "weight_hh_l0"
+        pieces = tuple(
+            Piece(role + sfx[d], dims[1:], name, lambda a, d=d: reorder(a[d], order)) for d in range(dirs)
+        )
+        return Slot(tensor, pieces, lambda ps: np.stack([reorder(p, inverse) for p in ps]))
+    half = dims[1] // 2
+    pieces = tuple(
+        Piece(f"bias_{part}_l0{sfx[d]}", (half,), name,
+              lambda a, d=d, lo=lo: reorder(a[d, lo:lo + half], order))
+        for d in range(dirs) for part, lo in (("ih", 0), ("hh", half))
+    )
+
+    def back(ps: list[Array]) -> Array:
+        return np.stack([np.concatenate([reorder(ps[2 * d], inverse), reorder(ps[2 * d + 1], inverse)])
+                         for d in range(dirs)])
+
+    return Slot(tensor, pieces, back)

@@ -1,0 +1,364 @@
+"""ONNX models (``.onnx``), with or without external data.
+
+Read: the initializers, each attributed to the node that consumes it, which
+also gives the layer kind (``Conv`` -> conv, ``Gemm``/``MatMul`` -> dense,
+``LSTM``/``GRU`` -> rnn with PyTorch gate orders...). External data is
+validated up front (inside the model's folder, within the file) and read
+lazily, memory-mapped. Write: the initializers of a template model are
+replaced in place, converted back to each one's ONNX layout; the graph is
+untouched and external data stays external.
+
+The layout rules are in ``_onnx_layouts``, external data in ``_onnx_external``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from .. import dtypes
+from ..errors import fail
+from ..graph import Layer, LayerGraph, Param
+from ..kinds import infer_kind, split_key
+from ._onnx_external import ExternalCopies, Source, atomic_target, np_dtype, surgery_dtype
+from ._onnx_layouts import Slot, dense_slot, plain_slot, rnn_slot
+
+SUFFIXES = (".onnx",)
+
+# torch.onnx.export keeps state_dict names (``features.0.weight``) for initializers.
+_STATE_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)+$")
+
+
+def sniff(path: str) -> bool:
+    """An ``.onnx`` file; parsing the protobuf to be sure would cost a full read."""
+    return os.path.isfile(path) and path.lower().endswith(SUFFIXES)
+
+
+@dataclass
+class _Spec:
+    """One layer found in the graph: where its tensors come from."""
+
+    name: str
+    kind: str
+    order: int
+    attrs: dict[str, Any] = field(default_factory=dict)
+    roles: dict[str, tuple[Slot, int]] = field(default_factory=dict)  # role -> (slot, piece)
+
+
+def _load_model(path: str) -> Any:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise fail(path, f"not a valid ONNX model ({type(exc).__name__}: {exc}); is the file truncated?") from None
+    if not model.HasField("graph"):
+        raise fail(path, "not a valid ONNX model: it has no graph; is the file truncated?")
+    return model
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    out = {}
+    for attr in node.attribute:
+        value = helper.get_attribute_value(attr)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if isinstance(value, float):
+            value = float(f"{value:.7g}")  # stored as float32: 1e-05, not 9.99999974e-06
+        if isinstance(value, (int, float, str, list)):
+            out[attr.name] = value
+    return out
+
+
+def _layer_name(node: Any, weight: str, index: int) -> str:
+    """``features.0`` from a state_dict-named weight, else the node's module scope, else its name."""
+    if _STATE_NAME.match(weight):
+        return split_key(weight)[0]
+    meta = {p.key: p.value for p in node.metadata_props}
+    try:  # the dynamo exporter records the module path: ['', 'features', 'features.0', 'conv2d']
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+    except (ValueError, SyntaxError):
+        scopes = []
+    if isinstance(scopes, list) and len(scopes) >= 3 and scopes[-2]:
+        return str(scopes[-2])
+    scope = node.name.strip("/").split("/")
+    if node.name.startswith("/") and len(scope) >= 2:
+        return scope[-2]  # the legacy exporter names nodes /features/features.0/Conv
+    return node.name or f"{node.op_type}_{index}"
+
+
+class _Scanner:
+    """Walks the nodes in order and turns the initializers they consume into layer specs."""
+
+    def __init__(self, path: str, model: Any) -> None:
+        self.path = path
+        self.source = Source(path)
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.nodes = list(model.graph.node)
+        self.claimed: set[str] = set()
+        self.specs: list[_Spec] = []
+        self.notes: list[str] = []
+        self.consumers: dict[str, list[int]] = {}
+        for i, node in enumerate(self.nodes):
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(i)
+
+    def scan(self) -> list[_Spec]:
+        for tensor in self.inits.values():
+            self.source.check(tensor)
+            if surgery_dtype(tensor) is None:
+                self.claimed.add(tensor.name)  # left in the file untouched
+                self.notes.append(f"initializer {tensor.name!r} of ONNX type {tensor.data_type} is not carried")
+        for i, node in enumerate(self.nodes):
+            handler = _HANDLERS.get(node.op_type)
+            if handler is not None:
+                handler(self, i, node)
+        self._leftovers()
+        self.specs.sort(key=lambda s: s.order)
+        return self.specs
+
+    def init(self, node: Any, index: int) -> Any | None:
+        """The unclaimed initializer feeding input ``index`` of ``node``, if any."""
+        if index >= len(node.input) or node.input[index] in self.claimed:
+            return None
+        return self.inits.get(node.input[index])
+
+    def add(self, i: int, node: Any, kind: str, slots: list[Slot], attrs: dict[str, Any]) -> None:
+        name = self._unique(_layer_name(node, slots[0].tensor.name, i))
+        spec = _Spec(name, kind, i, attrs)
+        for slot in slots:
+            self.claimed.add(slot.tensor.name)
+            for k, piece in enumerate(slot.pieces):
+                spec.roles[piece.role] = (slot, k)
+        self.specs.append(spec)
+
+    def _unique(self, name: str) -> str:
+        taken = {s.name for s in self.specs}
+        candidate, n = name, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{name}_{n}"
+        return candidate
+
+    def _leftovers(self) -> None:
+        """Initializers no recognised node claimed: grouped by state_dict name, else one layer each."""
+        by_name = {s.name: s for s in self.specs}
+        for tensor in self.inits.values():
+            if tensor.name in self.claimed:
+                continue
+            order = min(self.consumers.get(tensor.name, [len(self.nodes)]))
+            layer, role = split_key(tensor.name) if _STATE_NAME.match(tensor.name) else (tensor.name, "")
+            spec = by_name.get(layer)
+            if spec is None or role in spec.roles:
+                spec = _Spec(self._unique(layer), "unknown", order)
+                by_name[spec.name] = spec
+                self.specs.append(spec)
+            spec.order = min(spec.order, order)
+            spec.roles[role] = (plain_slot(tensor, role), 0)
+        for spec in by_name.values():
+            if spec.kind == "unknown" and spec.roles:
+                shapes = {r: Param(s.pieces[k].shape, "float32", lambda: None) for r, (s, k) in spec.roles.items()}
+                spec.kind = infer_kind(spec.name, shapes)
+
+
+def _conv(scan: _Scanner, i: int, node: Any) -> None:
+    weight = scan.init(node, 1)
+    if weight is None or len(weight.dims) not in (3, 4, 5):
+        return
+    slots = [plain_slot(weight, "weight")]
+    bias = scan.init(node, 2)
+    if bias is not None:
+        slots.append(plain_slot(bias, "bias"))
+    attrs = _attrs(node)
+    attrs["groups"] = attrs.pop("group", 1)
+    kind = "conv_transpose" if node.op_type == "ConvTranspose" else f"conv{len(weight.dims) - 2}d"
+    scan.add(i, node, kind, slots, attrs)
+
+
+def _gemm(scan: _Scanner, i: int, node: Any) -> None:
+    weight = scan.init(node, 1)
+    attrs = _attrs(node)
+    if weight is None or len(weight.dims) != 2 or attrs.get("transA", 0) or scan.init(node, 0) is not None:
+        return
+    slots = [dense_slot(weight, transposed=not attrs.get("transB", 0))]
+    bias = scan.init(node, 2)
+    if bias is not None:
+        slots.append(plain_slot(bias, "bias"))
+    scan.add(i, node, "dense", slots, attrs)
+
+
+def _matmul(scan: _Scanner, i: int, node: Any) -> None:
+    """``X @ W`` with a constant ``W`` of shape (in, out), plus the bias of a following ``Add``."""
+    weight = scan.init(node, 1)
+    if weight is None or len(weight.dims) != 2 or scan.init(node, 0) is not None:
+        return
+    slots = [dense_slot(weight, transposed=True)]
+    users = scan.consumers.get(node.output[0], [])
+    if len(users) == 1 and scan.nodes[users[0]].op_type == "Add":
+        add = scan.nodes[users[0]]
+        other = [name for name in add.input if name != node.output[0]]
+        bias = scan.inits.get(other[0]) if len(other) == 1 and other[0] not in scan.claimed else None
+        if bias is not None and list(bias.dims) == [weight.dims[1]]:
+            slots.append(plain_slot(bias, "bias"))
+    scan.add(i, node, "dense", slots, {})
+
+
+def _norm(roles: tuple[str, ...], kind: str):
+    def handler(scan: _Scanner, i: int, node: Any) -> None:
+        found = [(role, scan.init(node, k + 1)) for k, role in enumerate(roles)]
+        slots = [plain_slot(t, role) for role, t in found if t is not None]
+        if not slots:
+            return
+        attrs = _attrs(node)
+        attrs["eps"] = attrs.pop("epsilon", 1e-5)
+        scan.add(i, node, kind, slots, attrs)
+
+    return handler
+
+
+def _rnn(scan: _Scanner, i: int, node: Any) -> None:
+    kind = node.op_type.lower()
+    attrs = _attrs(node)
+    found = {which: scan.init(node, k) for k, which in ((1, "W"), (2, "R"), (3, "B"))}
+    if found["W"] is None or found["R"] is None:
+        return
+    slots = [rnn_slot(t, kind, which) for which, t in found.items() if t is not None]
+    if kind == "gru" and not attrs.get("linear_before_reset", 0):
+        # PyTorch's GRU applies the reset gate after the hidden projection, which is ONNX's 1.
+        scan.notes.append(f"GRU {node.name!r}: linear_before_reset=0, which PyTorch's nn.GRU cannot compute")
+    scan.add(i, node, kind, slots, attrs)
+
+
+def _gather(scan: _Scanner, i: int, node: Any) -> None:
+    table = scan.init(node, 0)
+    if table is None or len(table.dims) != 2 or _attrs(node).get("axis", 0) != 0:
+        return
+    if not dtypes.is_floating(surgery_dtype(table) or ""):  # an integer lookup table is not an embedding
+        return
+    scan.add(i, node, "embedding", [plain_slot(table, "weight")], {})
+
+
+_HANDLERS = {
+    "Conv": _conv,
+    "ConvTranspose": _conv,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "BatchNormalization": _norm(("weight", "bias", "running_mean", "running_var"), "batch_norm"),
+    "LayerNormalization": _norm(("weight", "bias"), "layer_norm"),
+    "LSTM": _rnn,
+    "GRU": _rnn,
+    "Gather": _gather,
+}
+
+
+def _scan(path: str) -> tuple[Any, list[_Spec], Source, list[str]]:
+    model = _load_model(path)
+    scanner = _Scanner(path, model)
+    return model, scanner.scan(), scanner.source, scanner.notes
+
+
+def read(path: str, **options: Any) -> LayerGraph:
+    """Read an ONNX model's initializers as canonical layers, lazily.
+
+    Raises:
+        FormatError: unparsable or truncated file, external data outside the
+            model's folder or past the end of its file.
+    """
+    _, specs, source, notes = _scan(path)
+    layers = []
+    for spec in specs:
+        layer = Layer(spec.name, spec.kind, attrs=dict(spec.attrs))
+        for role, (slot, k) in spec.roles.items():
+            layer.params[role] = _param(source, slot, k)
+        layers.append(layer)
+    graph = LayerGraph(layers, path=path, format="onnx", meta={"external_data": sorted(
+        {os.path.relpath(f, source.folder) for f, _, _ in source.external.values()})})
+    graph.notes.extend(notes)
+    return graph
+
+
+def _param(source: Source, slot: Slot, k: int) -> Param:
+    piece = slot.pieces[k]
+    tensor = slot.tensor
+    ident = tensor.name if len(slot.pieces) == 1 else (tensor.name, k)
+    return Param(
+        piece.shape, surgery_dtype(tensor), lambda: piece.fwd(source.load(tensor)),
+        key=tensor.name, layout=piece.layout, ident=ident,
+    )
+
+
+def write(graph: LayerGraph, path: str, *, template: str | None = None, target: str | None = None, **options: Any) -> None:
+    """Write ``graph``'s tensors into a copy of an ONNX template model.
+
+    Args:
+        graph: canonical tensors, named as ``read(template)`` names them.
+        path: the output file (usually a temporary file beside the target).
+        template: the model whose graph is kept; default ``graph.path`` when
+            ``graph`` was read from an ONNX file.
+        target: the final output path, when ``path`` is a temporary file.
+
+    Raises:
+        FormatError: no template, a tensor the template lacks, a shape or dtype
+            that differs from the template's initializer.
+    """
+    template = template or (graph.path if graph.format == "onnx" else None)
+    if not template:
+        raise fail(path, "writing ONNX needs a template model to keep the graph of; pass template=...onnx")
+    model, specs, source, _ = _scan(template)
+    where = _where(graph, template, specs)
+    inits = {t.name: t for t in model.graph.initializer}
+    final = target or atomic_target(path) or path
+    with ExternalCopies(source, os.path.dirname(os.path.abspath(path)), template, final) as copies:
+        for name, native in _natives(graph, template, where, source):  # one initializer at a time
+            if name in source.external:
+                copies.patch(name, native)
+            else:
+                _replace_internal(inits[name], native)
+        with open(path, "wb") as f:
+            f.write(model.SerializeToString())
+
+
+def _where(graph: LayerGraph, template: str, specs: list[_Spec]) -> dict[str, tuple[Slot, int]]:
+    """Canonical key -> (slot, piece) of the template; refuses keys the template lacks."""
+    where = {Layer(s.name).key(role): (slot, k) for s in specs for role, (slot, k) in s.roles.items()}
+    unknown = [key for key, _ in graph.tensors() if key not in where]
+    if unknown:
+        raise fail(template, f"the ONNX template has no tensor for {', '.join(unknown[:5])}"
+                   + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
+    return where
+
+
+def _natives(graph: LayerGraph, template: str, where: dict[str, tuple[Slot, int]],
+             source: Source) -> Iterator[tuple[str, np.ndarray]]:
+    """``(initializer name, native array)`` for every initializer the graph gives a value for."""
+    new = dict(graph.tensors())
+    slots = {id(slot): slot for slot, _ in where.values()}
+    keys = {(id(slot), k): key for key, (slot, k) in where.items()}
+    for sid, slot in slots.items():
+        if not any(keys[(sid, k)] in new for k in range(len(slot.pieces))):
+            continue
+        pieces = []
+        for k, piece in enumerate(slot.pieces):
+            key = keys[(sid, k)]
+            arr = new[key].read() if key in new else piece.fwd(source.load(slot.tensor))
+            if tuple(arr.shape) != piece.shape or arr.dtype != np_dtype(slot.tensor):
+                raise fail(template, f"{key}: ONNX initializer {slot.tensor.name!r} needs "
+                           f"{surgery_dtype(slot.tensor)}{list(piece.shape)}, got {arr.dtype}{list(arr.shape)}")
+            pieces.append(arr)
+        yield slot.tensor.name, np.ascontiguousarray(slot.back(pieces))
+
+
+def _replace_internal(tensor: Any, arr: np.ndarray) -> None:
+    from onnx import numpy_helper
+
+    tensor.CopyFrom(numpy_helper.from_array(arr, tensor.name))
+
+

@@ -1,0 +1,44 @@
+import shutil
+import zipfile
+
+import pytest
+
+import surgery
+from surgery import formats
+from surgery.errors import FormatError
+from tests.conftest import FIXTURES, TORCH
+
+
+@pytest.mark.parametrize("path,name", [
+    (TORCH / "cnn_source.pt", "torch"), (TORCH / "legacy.pt", "torch"), (TORCH / "cnn_source.safetensors", "safetensors"),
+    (TORCH / "hf_sharded", "folder"), (FIXTURES / "torchscript" / "tiny.ts", "torchscript"),
+    (FIXTURES / "torchscript" / "tiny.pt2", "exported_program"), (FIXTURES / "onnx" / "cnn.onnx", "onnx"),
+    (FIXTURES / "keras" / "vgg.keras", "keras"), (FIXTURES / "keras" / "vgg.h5", "h5"),
+])
+def test_detect_by_content(path, name):
+    assert formats.detect(path) == name
+
+
+def test_detect_ignores_a_misleading_suffix(tmp_path):
+    disguised = tmp_path / "weights.bin"
+    shutil.copy(FIXTURES / "torchscript" / "tiny.ts", disguised)
+    assert formats.detect(disguised) == "torchscript"
+    renamed = tmp_path / "model.pt"
+    shutil.copy(TORCH / "cnn_source.safetensors", renamed)
+    assert formats.detect(renamed) == "safetensors"
+
+
+def test_torchscript_written_to_pt_stays_torchscript(tmp_path):
+    out = tmp_path / "scripted.pt"
+    surgery.save(surgery.load(FIXTURES / "torchscript" / "tiny.ts"), out)
+    assert formats.detect(out) == "torchscript"
+    assert any("/code/" in n for n in zipfile.ZipFile(out).namelist())
+
+
+def test_unknown_file_is_refused(tmp_path):
+    junk = tmp_path / "notes.txt"
+    junk.write_text("hello")
+    with pytest.raises(FormatError, match="notes.txt: not a checkpoint surgery can read"):
+        formats.detect(junk)
+    with pytest.raises(FormatError, match="cannot tell the output format"):
+        formats.for_output(tmp_path / "out.xyz")

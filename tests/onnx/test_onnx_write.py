@@ -1,0 +1,129 @@
+"""ONNX writer: the result passes onnx.checker and ORT computes what torch computes with the new weights."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from fixtures import onnx_fixtures
+from surgery.errors import FormatError
+from surgery.formats import onnx as sonnx
+from surgery.graph import Param
+from surgery.io import atomic_path
+
+from .conftest import load_canonical, perturbed, run_ort
+
+
+def check(path) -> None:
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def torch_out(net, graph, x):
+    import torch
+
+    load_canonical(net, graph)
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize("name, factory, shape", [
+    ("cnn.onnx", onnx_fixtures.cnn, onnx_fixtures.CNN_INPUT),
+    ("rnn.onnx", onnx_fixtures.rnn, onnx_fixtures.RNN_INPUT),
+])
+def test_round_trip_new_weights(fx, tmp_path, name, factory, shape):
+    new = perturbed(sonnx.read(str(fx / "onnx" / name)))
+    out = tmp_path / name
+    sonnx.write(new, str(out))
+    check(out)
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    got, old = run_ort(out, {"x": x}), run_ort(fx / "onnx" / name, {"x": x})
+    np.testing.assert_allclose(got, torch_out(factory(), new, x), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got, old), "the new weights changed nothing"
+    again = sonnx.read(str(out))
+    for key, param in new.tensors():
+        np.testing.assert_array_equal(again.state()[key].read(), param.read(), err_msg=key)
+
+
+def test_round_trip_dense_transposes_back(fx, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    graph = sonnx.read(str(fx / "onnx" / "dense.onnx"))
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)  # canonical (out, in) of gemm_t0
+    graph["gemm_t0"].params["weight"] = Param.from_array(w)
+    out = tmp_path / "dense.onnx"
+    sonnx.write(graph, str(out))
+    check(out)
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    np.testing.assert_array_equal(inits["W0"], w.T)  # stored back as (in, out) for transB=0
+    x = np.ones((1, 4), np.float32)
+    h0 = np.maximum(x @ w.T + inits["b0"], 0)
+    want = (h0 @ inits["W1"].T + inits["b1"]) @ inits["W2"] + inits["b2"]
+    np.testing.assert_allclose(run_ort(out, {"x": x}), want, rtol=1e-5, atol=1e-4)
+
+
+def test_external_data_stays_external(fx, tmp_path):
+    import onnx
+
+    new = perturbed(sonnx.read(str(fx / "onnx" / "cnn_ext.onnx")))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with atomic_path(out_dir / "model.onnx") as tmp:  # as surgery.save writes it
+        sonnx.write(new, tmp)
+    out = out_dir / "model.onnx"
+    assert (out_dir / "cnn_ext.onnx.data").exists()
+    model = onnx.load(str(out), load_external_data=False)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert out.stat().st_size < 10_000
+    check(out)
+    x = np.random.default_rng(8).standard_normal(onnx_fixtures.CNN_INPUT).astype(np.float32)
+    np.testing.assert_allclose(run_ort(out, {"x": x}), torch_out(onnx_fixtures.cnn(), new, x), rtol=1e-4, atol=1e-5)
+
+
+def test_external_data_of_the_template_is_never_overwritten(fx, tmp_path):
+    for f in ("cnn_ext.onnx", "cnn_ext.onnx.data"):
+        shutil.copy(fx / "onnx" / f, tmp_path / f)
+    before = (tmp_path / "cnn_ext.onnx.data").read_bytes()
+    new = perturbed(sonnx.read(str(tmp_path / "cnn_ext.onnx")))
+    with pytest.raises(FormatError, match="would overwrite .*cnn_ext.onnx.data"):
+        sonnx.write(new, str(tmp_path / "other.onnx"))
+    assert (tmp_path / "cnn_ext.onnx.data").read_bytes() == before
+    # Replacing the template itself (transplant's default OUT = DST) is allowed.
+    with atomic_path(tmp_path / "cnn_ext.onnx") as tmp:
+        sonnx.write(new, tmp)
+    check(tmp_path / "cnn_ext.onnx")
+    assert (tmp_path / "cnn_ext.onnx.data").read_bytes() != before
+
+
+def test_write_refuses_unknown_tensor_and_wrong_shape(fx, tmp_path):
+    graph = sonnx.read(str(fx / "onnx" / "dense.onnx"))
+    graph["gemm_t1"].params["extra"] = Param.from_array(np.zeros(2, np.float32))
+    with pytest.raises(FormatError, match="no tensor for gemm_t1.extra"):
+        sonnx.write(graph, str(tmp_path / "a.onnx"))
+    graph = sonnx.read(str(fx / "onnx" / "dense.onnx"))
+    graph["gemm_t1"].params["weight"] = Param.from_array(np.zeros((3, 5), np.float32))
+    with pytest.raises(FormatError, match=r"gemm_t1.weight: ONNX initializer 'W1' needs float32\[5, 3\]"):
+        sonnx.write(graph, str(tmp_path / "a.onnx"))
+    assert not (tmp_path / "a.onnx").exists()
+
+
+def test_write_needs_a_template(tmp_path):
+    from surgery.graph import Layer, LayerGraph
+
+    graph = LayerGraph([Layer("fc", "dense", {"weight": Param.from_array(np.zeros((2, 2), np.float32))})])
+    with pytest.raises(FormatError, match="needs a template"):
+        sonnx.write(graph, str(tmp_path / "a.onnx"))
+
+
+def test_failed_external_write_leaves_nothing_behind(fx, tmp_path):
+    graph = sonnx.read(str(fx / "onnx" / "cnn_ext.onnx"))
+    graph["fc"].params["weight"] = Param.from_array(np.zeros((5, 64), np.float64))
+    out_dir = tmp_path / "out"
+    with pytest.raises(FormatError, match=r"fc.weight: ONNX initializer 'fc.weight' needs float32\[5, 64\], got float64"):
+        with atomic_path(out_dir / "model.onnx") as tmp:
+            sonnx.write(graph, tmp)
+    assert sorted(p.name for p in out_dir.iterdir()) == []
