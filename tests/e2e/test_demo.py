@@ -50,3 +50,5 @@ def test_make_demo_script_runs(tmp_path):
                             cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "max abs difference of backbone outputs: 0" in result.stdout
+    line = next(l for l in result.stdout.splitlines() if l.startswith("max abs difference, Keras vs PyTorch"))
+    assert float(line.rsplit(" ", 1)[1]) <= 1e-5
