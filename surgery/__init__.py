@@ -14,10 +14,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .api import StrictError, convert, diff, freeze, load, load_into, plan, save, transplant
+from .check import check
 from .errors import FormatError, MapError, PlanError, SurgeryError
 from .graph import Layer, LayerGraph, Param
+from .verify import verify
 
 __all__ = [
     "FormatError", "Layer", "LayerGraph", "MapError", "Param", "PlanError", "StrictError", "SurgeryError",
-    "convert", "diff", "freeze", "load", "load_into", "plan", "save", "transplant",
+    "check", "convert", "diff", "freeze", "load", "load_into", "plan", "save", "transplant", "verify",
 ]

@@ -86,6 +86,25 @@ def convert(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None = 
     return save(graph, out, max_shard_size=max_shard_size, quiet=quiet, source=graph.path)
 
 
+def verify_transplant(result: Transplant, *, factory: str | None = None, input_shape: Any = None,
+                      rtol: float = 1e-4, atol: float = 1e-5) -> Any:
+    """Prove a saved transplant's output computes what its source computed; the verdict goes into its record.
+
+    Returns the VerifyReport (``bool(report)`` is the verdict). Layers are compared too,
+    so a mismatch names the first layer that diverges.
+    """
+    from .apply import write_record
+    from .verify import verify
+
+    if result.output is None:
+        raise SurgeryError("verify: save the transplant first (surgery.save)")
+    report = verify(result.output, against=result.plan.src.path, factory=factory, input_shape=input_shape,
+                    rtol=rtol, atol=atol, layers=True, pairs=f"{result.output}.surgery.json")
+    result.verify = report.to_dict()
+    write_record(result, result.output)
+    return report
+
+
 def _is_keras(obj: Any) -> bool:
     return type(obj).__module__.startswith(("keras", "tf_keras"))
 
@@ -122,4 +141,4 @@ def freeze(model: Any, globs: Iterable[str]) -> list[str]:
     return live.freeze(model, globs)
 
 
-__all__ = ["load", "plan", "transplant", "save", "convert", "diff", "load_into", "freeze", "StrictError"]
+__all__ = ["load", "plan", "transplant", "save", "convert", "diff", "verify_transplant", "load_into", "freeze", "StrictError"]

@@ -112,15 +112,22 @@ def map_command(src: str, dst: str, match: str, mapping: str | None, output: str
 @click.option("--max-shard-size", metavar="SIZE", help="Write sharded safetensors with shards of at most SIZE (e.g. 5GB).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--verify", "verify_after", is_flag=True,
+              help="Then prove OUT computes what SRC computed (ONNX Runtime and natively); exit 1 on a mismatch.")
+@click.option("--factory", metavar="MOD:FN", help="With --verify: callable building the network for weights-only files.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="S", help="With --verify: random input shape.")
 @unsafe_option
 def transplant(src: str, dst: str, mapping: str | None, output: str | None, match: str | None, freeze: tuple[str, ...],
                strict: bool, dry_run: bool, report_path: str | None, max_shard_size: str | None, as_json: bool,
-               quiet: bool, unsafe_pickle: bool) -> None:
+               quiet: bool, verify_after: bool, factory: str | None, input_shapes: tuple[str, ...],
+               unsafe_pickle: bool) -> None:
     """Copy SRC's weights into DST's layers as the map says, and write the result.
 
     Writes OUT (default DST, replaced atomically) and OUT.surgery.json, and prints
     the report: pairs with their transforms, unused and kept layers, frozen layers,
-    warnings. Exit 0 ok, 1 when --strict fails, 2 on bad input.
+    warnings. With --verify, OUT is then run against SRC and the verdict recorded in
+    OUT.surgery.json (OUT is kept either way). Exit 0 ok, 1 when --strict or
+    --verify fails, 2 on bad input.
     """
     from . import api
     from .apply import apply_plan, parse_size
@@ -138,9 +145,18 @@ def transplant(src: str, dst: str, mapping: str | None, output: str | None, matc
         return
     result = apply_plan(plan)
     api.save(result, out, max_shard_size=shard, quiet=quiet, source=src)
+    proof = None
+    if verify_after:
+        from .cli_proof import parse_shapes
+
+        proof = api.verify_transplant(result, factory=factory, input_shape=parse_shapes(input_shapes))
     _report(result, result.to_dict(), as_json, report_path)
     if not as_json:
         click.echo(f"wrote {out} and {out}.surgery.json")
+        if proof is not None:
+            click.echo(str(proof))
+    if proof is not None and not proof:
+        sys.exit(EXIT_FAIL)
 
 
 def _report(obj: Any, data: dict, as_json: bool, report_path: str | None) -> None:
@@ -187,6 +203,12 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: bool) -> None:
     result = api.diff(a, b, unsafe_pickle=unsafe_pickle)
     _emit(result.to_dict()) if as_json else click.echo(str(result))
     sys.exit(0 if result else EXIT_FAIL)
+
+
+from .cli_proof import check, verify  # noqa: E402  (commands defined in their own module)
+
+cli.add_command(verify)
+cli.add_command(check)
 
 
 def main() -> None:

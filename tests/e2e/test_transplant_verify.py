@@ -1,0 +1,41 @@
+"""`transplant --verify`: a Keras network into its PyTorch port, proven or caught."""
+
+import json
+
+import pytest
+
+from tests.conftest import FIXTURES, TORCH
+
+KERAS = FIXTURES / "keras" / "vgg.h5"
+PORT = TORCH / "vgg_port10.pt"
+FACTORY = "fixtures.nets:build_vgg_port10"
+
+
+@pytest.fixture
+def chdir_root(monkeypatch):
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(ROOT)  # the factory module lives in the repository
+
+
+def test_verify_passes_and_is_recorded(run, tmp_path, chdir_root):
+    out = tmp_path / "port.pt"
+    result = run("transplant", KERAS, PORT, "--map", TORCH / "keras_full_map.yaml", "-o", out,
+                 "--verify", "--factory", FACTORY, "--quiet")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "against keras (vgg.h5): PASS" in result.stdout
+    record = json.loads((tmp_path / "port.pt.surgery.json").read_text())
+    assert record["verify"]["ok"] is True
+
+
+def test_verify_catches_a_wrong_flatten_and_names_the_layer(run, tmp_path, chdir_root):
+    wrong = tmp_path / "map.yaml"
+    wrong.write_text((TORCH / "keras_full_map.yaml").read_text()
+                     + "flatten:\n  fc1: {shape: [4, 4, 16], source_order: HWC, dest_order: HWC}\n")
+    out = tmp_path / "port.pt"
+    result = run("transplant", KERAS, PORT, "--map", wrong, "-o", out, "--verify", "--factory", FACTORY, "--quiet")
+    assert result.exit_code == 1
+    assert out.exists(), "the output is written even when the proof fails"
+    record = json.loads((tmp_path / "port.pt.surgery.json").read_text())
+    assert record["verify"]["ok"] is False
+    assert "first divergent layer: classifier.1 (reference layer fc1)" in result.stdout
