@@ -58,11 +58,6 @@ def _constant(like: Param, value: float, note: str) -> Param:
     return Param(like.shape, like.dtype, lambda: np.full(like.shape, value, np_type), key=note, layout=note)
 
 
-def _derived(param: Param, transform: layouts.Transform) -> Param:
-    return Param(transform.shape(param.shape), param.dtype, lambda: transform(param.read()),
-                 key=param.key, layout=transform.name)
-
-
 def gru_variant(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> None:
     """Refuse a GRU pair whose ``reset_after`` differ: the two variants compute differently.
 
@@ -132,13 +127,13 @@ def attention_split(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> d
     for letter, dst in zip("qkv", dsts[:3]):
         if fused is not None:
             size = fused.shape[0] // 3
-            part, role = _derived(fused, layouts.rows(start, start + size)), "in_proj_weight"
+            part, role = fused.derived(layouts.rows(start, start + size)), "in_proj_weight"
         else:
             part, role = src.params[f"{letter}_proj_weight"], f"{letter}_proj_weight"
             size = part.shape[0]
         feeds[(dst.name, "weight")] = Feed(part, (src.key(role),), f"{letter} rows of {role}")
         if bias is not None and "bias" in dst.params:
-            feeds[(dst.name, "bias")] = Feed(_derived(bias, layouts.rows(start, start + size)),
+            feeds[(dst.name, "bias")] = Feed(bias.derived(layouts.rows(start, start + size)),
                                              (src.key("in_proj_bias"),), f"{letter} rows of in_proj_bias")
         start += size
     out = dsts[3]
@@ -202,7 +197,7 @@ def flatten_rows(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict
         side = "destination" if dst_how == "assumed" else "source"
         text += f" (assumed: the {side} flattens its NCHW map in {dst_order if side == 'destination' else src_order} order; override with the map's `flatten:`)"
     feeds = by_role(src, dsts, options) or {}
-    feeds[(dst.name, "weight")] = Feed(_derived(weight, transform) if transform is not layouts.IDENTITY else weight,
+    feeds[(dst.name, "weight")] = Feed(weight.derived(transform),
                                        (src.key("weight"),), text)
     return feeds
 

@@ -74,6 +74,18 @@ class Param:
             )
         return arr
 
+    def derived(self, transform: Any, *, dtype: str | None = None, key: str | None = None) -> "Param":
+        """A lazy param that is ``transform`` (a ``layouts.Transform``) applied to this one.
+
+        Nothing is read now. ``dtype`` is the result's dtype when the transform
+        changes it (a cast). An identity with nothing else changed returns self.
+        """
+        if transform.name == "identity" and dtype is None and key is None:
+            return self
+        layout = self.layout if transform.name == "identity" else transform.name
+        return Param(transform.shape(self.shape), dtype or self.dtype, lambda: transform(self.read()),
+                     key=self.key if key is None else key, layout=layout)
+
     def __repr__(self) -> str:
         return f"Param({self.key!r}, {self.dtype}{list(self.shape)})"
 

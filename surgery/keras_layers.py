@@ -55,13 +55,8 @@ _CONV = {3: ("WIO", "OIW"), 4: ("HWIO", "OIHW"), 5: ("DHWIO", "OIDHW")}
 _CONV_T = {3: ("WOI", "IOW"), 4: ("HWOI", "IOHW"), 5: ("DHWOI", "IODHW")}
 
 
-def derive(param: Param, transform: Transform, *, key: str | None = None) -> Param:
-    """A lazy param that is ``transform`` applied to ``param``; nothing is read now."""
-    if transform is IDENTITY and key is None:
-        return param
-    layout = transform.name if transform is not IDENTITY else param.layout
-    return Param(transform.shape(param.shape), param.dtype, lambda: transform(param.read()),
-                 key=param.key if key is None else key, layout=layout, ident=None)
+# A lazy param that is a transform applied to another; nothing is read now.
+derive = Param.derived
 
 
 def zeros_like_rows(param: Param, rows: int, note: str) -> Param:

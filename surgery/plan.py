@@ -239,15 +239,11 @@ def _tensor_copy(plan: Plan, dst_key: str, dst_param: Param, fed: adapters.Feed)
         plan.warnings.append(f"{dst_key}: only the overlapping block of {', '.join(fed.sources)} was copied (slice)")
     if param.dtype != dst_param.dtype:
         cast = layouts.cast(param.dtype, dst_param.dtype)
-        param, transform = _derived(param, cast, dst_param.dtype), f"{transform}, {cast.name}"
+        param, transform = param.derived(cast, dtype=dst_param.dtype), f"{transform}, {cast.name}"
         plan.warnings.append(f"{dst_key}: dtype cast {fed.param.dtype} -> {dst_param.dtype}")
     ident = ("copy", fed.param.ident, transform) if fed.param.ident is not None else None
     final = Param(param.shape, param.dtype, param.read, key=dst_key, layout=transform, ident=ident)
     return TensorCopy(dst_key, fed.sources, transform, fed.param.shape, dst_param.shape, final)
-
-
-def _derived(param: Param, t: layouts.Transform, dtype: str) -> Param:
-    return Param(t.shape(param.shape), dtype, lambda: t(param.read()), key=param.key)
 
 
 def _pasted(src: Param, dst: Param) -> Param:

@@ -117,3 +117,12 @@ def test_convert_pt_to_sharded_safetensors(run, tmp_path):
     assert "model.safetensors.index.json" in result.stdout
     assert run("diff", TORCH / "cnn_source.pt", tmp_path / "model.safetensors.index.json").exit_code == 0
     assert run("convert", TORCH / "cnn_source.pt", TORCH / "cnn_source.pt").exit_code == 2
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5", ".onnx", ".pt2", ".ts"])
+def test_convert_to_a_format_that_needs_a_template_names_the_output(run, tmp_path, suffix):
+    out = tmp_path / f"out{suffix}"
+    result = run("convert", TORCH / "cnn_source.pt", out)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"surgery: error: {out}: writing ") and "pass template=" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -77,6 +77,22 @@ def for_output(path: str | os.PathLike, *, like: str | None = None) -> str:
     raise FormatError(f"{path}: cannot tell the output format from its name")
 
 
+def template_of(graph: LayerGraph, name: str, template: str | None, path: str, options: dict[str, Any],
+                what: str) -> str:
+    """The file a writer copies its structure (graph, config, file layout) from.
+
+    ``template=`` if given, else the graph's own file when it was read in this
+    format. ``options["target"]`` is the final output name, used in the error
+    instead of the temporary file being written.
+    """
+    template = template or (graph.path if graph.format == name else None)
+    if not template:
+        shown = options.get("target") or path
+        raise FormatError(f"{shown}: writing {what} needs one to copy the structure from; "
+                          "transplant into an existing one, or pass template=")
+    return template
+
+
 def read(path: str | os.PathLike, *, format: str | None = None, **options: Any) -> LayerGraph:
     """Read any checkpoint into a lazy LayerGraph."""
     name = format or detect(path)

@@ -18,6 +18,7 @@ import os
 import zipfile
 from typing import Any
 
+from . import template_of
 from ..errors import fail
 from ..graph import Layer, LayerGraph
 from ..kinds import infer_kind, split_key
@@ -146,9 +147,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, **option
     """
     import torch
 
-    template = template or (graph.path if graph.format == "exported_program" else None)
-    if not template:
-        raise fail(path, "writing an ExportedProgram needs a template .pt2 to take the graph from; pass template=")
+    template = template_of(graph, "exported_program", template, path, options, "an ExportedProgram (.pt2)")
     program = load(template)
     live = {target: tensor for target, (_, tensor) in _tensors(program).items()}
     replace_tensors(template, live, graph, _weights(program))

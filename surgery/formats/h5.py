@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import dtypes, keras_layers
+from . import template_of
 from ..errors import FormatError, SurgeryError, fail
 from ..graph import Layer, LayerGraph, Param
 
@@ -274,10 +275,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, **option
     Raises:
         SurgeryError: no template, or a tensor whose shape the template does not take.
     """
-    template = template or (graph.path if graph.format == "h5" else None)
-    if not template:
-        raise SurgeryError(f"{path}: writing .h5 needs a Keras .h5 to copy the structure from "
-                           "(transplant into an existing .h5, or pass template=)")
+    template = template_of(graph, "h5", template, path, options, "a Keras .h5")
     target = graph if graph.format == "h5" and graph.path == template else read(template)
     shutil.copyfile(template, path)
     with _h5py().File(path, "r+") as f:

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from . import template_of
 from ..errors import SurgeryError, fail
 from ..graph import LayerGraph
 
@@ -243,10 +244,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, **option
     """
     from . import h5
 
-    template = template or (graph.path if graph.format == "keras" else None)
-    if not template:
-        raise SurgeryError(f"{path}: writing .keras needs a .keras to copy the architecture from "
-                           "(transplant into an existing .keras, or pass template=)")
+    template = template_of(graph, "keras", template, path, options, "a .keras model")
     target = graph if graph.format == "keras" and graph.path == template else read(template)
     config, _ = read_config(template)
     _set_config(config, graph)

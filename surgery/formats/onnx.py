@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import dtypes
+from . import template_of
 from ..errors import fail
 from ..graph import Layer, LayerGraph, Param
 from ..kinds import infer_kind, split_key
@@ -309,9 +310,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, target: 
         FormatError: no template, a tensor the template lacks, a shape or dtype
             that differs from the template's initializer.
     """
-    template = template or (graph.path if graph.format == "onnx" else None)
-    if not template:
-        raise fail(path, "writing ONNX needs a template model to keep the graph of; pass template=...onnx")
+    template = template_of(graph, "onnx", template, path, {"target": target, **options}, "an ONNX model")
     model, specs, source, _ = _scan(template)
     where = _where(graph, template, specs)
     inits = {t.name: t for t in model.graph.initializer}

@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import dtypes, keras_layers
 from ..errors import fail
+from ..io import fsync_path
 from ..graph import Layer, LayerGraph, Param, natural_key
 
 SUFFIXES = (".index",)
@@ -456,22 +457,14 @@ def _commit(tmp: str, target: str) -> None:
     shards = sorted(glob.glob(glob.escape(tmp) + ".data-*"))
     moved = [target + shard[len(tmp):] for shard in shards]
     for name in (*shards, tmp + INDEX):
-        _fsync(name)
+        fsync_path(name)
     for src, dst in zip(shards, moved):
         os.replace(src, dst)
     os.replace(tmp + INDEX, target + INDEX)
     for stale in glob.glob(glob.escape(target) + ".data-*-of-*"):
         if stale not in moved:  # shards of an old checkpoint with another shard count
             os.unlink(stale)
-    _fsync(os.path.dirname(target))
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(os.path.dirname(target))
 
 
 def _tf() -> Any:

@@ -19,6 +19,7 @@ import warnings
 import zipfile
 from typing import Any, Iterable
 
+from . import template_of
 from ..errors import fail
 from ..graph import Layer, LayerGraph, Param
 from ..kinds import infer_kind
@@ -176,9 +177,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, **option
     """
     import torch
 
-    template = template or (graph.path if graph.format == "torchscript" else None)
-    if not template:
-        raise fail(path, "writing TorchScript needs a template archive to take the program from; pass template=")
+    template = template_of(graph, "torchscript", template, path, options, "a TorchScript archive")
     module = load(template)
     live = {}
     for layer in layers_of_modules(module.named_modules(), lambda m: m.original_name):

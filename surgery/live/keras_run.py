@@ -68,11 +68,8 @@ def load_weights(model: Any, path: str) -> str:
         except Exception as exc:
             raise fail(path, f"cannot load its weights into the factory's model: {_first_line(exc)}") from None
         return "keras load_weights"
-    import surgery
+    from ..api import load_into
 
-    load_into = getattr(surgery, "load_into", None)
-    if load_into is None:
-        raise fail(path, "this format needs surgery.load_into, which this build lacks")
     load_into(model, path)
     return "surgery.load_into"
 

@@ -86,11 +86,8 @@ def load_weights(module: Any, path: str) -> str:
 
 
 def _load_into(module: Any, path: str) -> str:
-    import surgery
+    from ..api import load_into
 
-    load_into = getattr(surgery, "load_into", None)
-    if load_into is None:
-        raise fail(path, "this format needs surgery.load_into, which this build lacks")
     load_into(module, path)
     return "surgery.load_into"
 

@@ -171,5 +171,5 @@ def test_bad_keras_archives(tmp_path):
 
 def test_h5_write_needs_template(tmp_path):
     graph = surgery.LayerGraph([surgery.Layer("fc", "dense", {"weight": surgery.Param.from_array(np.zeros((2, 2)))})])
-    with pytest.raises(surgery.SurgeryError, match="needs a Keras .h5"):
+    with pytest.raises(surgery.SurgeryError, match="writing a Keras .h5 needs one to copy the structure from"):
         h5.write(graph, str(tmp_path / "o.h5"))
