@@ -14,17 +14,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import adapters, layouts
+from . import adapters, layouts, settings
 from .errors import PlanError
 from .graph import Layer, LayerGraph, Param
 from .mapping import Mapping, load_map
 
 # Buffers that carry no trained value: never reported as left unfilled.
 BOOKKEEPING = ("num_batches_tracked",)
-# Attributes that change the arithmetic, compared on every pair.
-ARITHMETIC = ("eps", "momentum", "groups", "padding", "stride", "dilation", "use_bias", "activation",
-              "reset_after", "data_format")
-TORCH_DEFAULTS = {"batch_norm": {"eps": 1e-5}, "layer_norm": {"eps": 1e-5}}
 
 
 @dataclass
@@ -201,7 +197,7 @@ def _add_pair(plan: Plan, source: str, dsts: list[str], rule: str) -> None:
             fed = feeds.get((dst_layer.name, role))
             if fed is None:
                 if role not in BOOKKEEPING:
-                    plan.warnings.append(f"{dst_layer.key(role)}: no source tensor in {source}; left as initialised")
+                    plan.warnings.append(settings.unfilled(src_layer, dst_layer, role))
                 continue
             copy = _tensor_copy(plan, dst_layer.key(role), dst_param, fed)
             if copy is not None:
@@ -210,7 +206,7 @@ def _add_pair(plan: Plan, source: str, dsts: list[str], rule: str) -> None:
     for role in src_layer.params:
         if src_layer.key(role) not in used and role not in BOOKKEEPING:
             plan.warnings.append(f"{src_layer.key(role)}: has no destination in {', '.join(dsts)}; not copied")
-    plan.warnings.extend(attr_warnings(src_layer, dst_layers))
+    plan.warnings.extend(settings.warnings(src_layer, dst_layers))
     if pair.tensors:
         plan.pairs.append(pair)
 
@@ -256,16 +252,3 @@ def _pasted(src: Param, dst: Param) -> Param:
         return out
 
     return Param(dst.shape, dst.dtype, load, key=src.key)
-
-
-def attr_warnings(src: Layer, dsts: list[Layer]) -> list[str]:
-    """Differences in settings that are not weights but change the arithmetic."""
-    out = []
-    for dst in dsts:
-        dst_attrs = {**TORCH_DEFAULTS.get(dst.kind, {}), **dst.attrs} if dst.kind == src.kind else dst.attrs
-        for key in ARITHMETIC:
-            if key in src.attrs and key in dst_attrs and src.attrs[key] != dst_attrs[key]:
-                assumed = " (PyTorch default)" if key not in dst.attrs else ""
-                out.append(f"{src.name} -> {dst.name}: {key} is {src.attrs[key]!r} in the source but "
-                           f"{dst_attrs[key]!r}{assumed} in the destination")
-    return out

@@ -1,0 +1,75 @@
+"""Settings that are not weights but change the arithmetic, compared on every pair.
+
+Users lose days to differences no weight copy shows: a BatchNorm epsilon of
+1e-3 read into a network built with 1e-5, an activation Keras applies inside
+a Dense layer that the PyTorch network must apply itself, Keras ``same``
+padding that pads more at the bottom-right than a symmetric ``padding=`` can.
+Each finding is a warning naming the pair and both values. Attributes are in
+PyTorch's meaning (a Keras BatchNorm momentum ``m`` is read as ``1 - m``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .graph import Layer
+
+# Compared whenever both sides know them.
+COMPARED = ("eps", "momentum", "groups", "use_bias", "activation", "reset_after")
+# What a PyTorch layer has when its state_dict (which records no settings) is all we know.
+TORCH_DEFAULTS = {"batch_norm": {"eps": 1e-5, "momentum": 0.1}, "layer_norm": {"eps": 1e-5}}
+LINEAR = (None, "linear", "identity")
+
+
+def warnings(src: Layer, dsts: list[Layer]) -> list[str]:
+    """Every setting difference between a source layer and its destination layer(s)."""
+    out = []
+    for dst in dsts:
+        known = {**TORCH_DEFAULTS.get(dst.kind, {}), **dst.attrs} if dst.kind == src.kind else dst.attrs
+        pair = f"{src.name} -> {dst.name}"
+        for key in COMPARED:
+            if key in src.attrs and key in known and src.attrs[key] != known[key]:
+                assumed = " (PyTorch default)" if key not in dst.attrs else ""
+                out.append(f"{pair}: {key} is {src.attrs[key]!r} in the source but {known[key]!r}{assumed} "
+                           "in the destination")
+        out += _fused_activation(pair, src, dst) + _padding(pair, src, dst)
+    return out
+
+
+def _fused_activation(pair: str, src: Layer, dst: Layer) -> list[str]:
+    act = src.attrs.get("activation")
+    if act in LINEAR or "activation" in dst.attrs:
+        return []
+    return [f"{pair}: the source applies activation {act!r} inside the layer; the destination network "
+            "must apply it itself after this layer"]
+
+
+def _padding(pair: str, src: Layer, dst: Layer) -> list[str]:
+    if src.attrs.get("padding") != "same":
+        return []
+    kernel = _ints(src.attrs.get("kernel_size"))
+    strides = _ints(src.attrs.get("strides"))
+    if any(k % 2 == 0 for k in kernel) or any(s > 1 for s in strides):
+        return [f"{pair}: Keras padding 'same' with kernel {kernel} and strides {strides} pads more at the end "
+                "than the start; a symmetric PyTorch padding= cannot express it: pad with nn.ZeroPad2d/F.pad "
+                "(left/top smaller) before the layer, or check the outputs with `surgery verify`"]
+    wanted = [k // 2 for k in kernel]
+    have = dst.attrs.get("padding")
+    if isinstance(have, (list, tuple)) and list(have) != wanted:
+        return [f"{pair}: Keras padding 'same' is {wanted} for kernel {kernel}, the destination pads {list(have)}"]
+    return []
+
+
+def _ints(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def unfilled(src: Layer, dst: Layer, role: str) -> str:
+    """Why a destination tensor of a paired layer gets no value."""
+    key = dst.key(role)
+    if role == "bias" and src.attrs.get("use_bias") is False:
+        return (f"{key}: the source layer {src.name} has no bias (use_bias=False); the destination's bias keeps "
+                "its initial values: zero it, or build the layer with bias=False")
+    return f"{key}: no source tensor in {src.name}; left as initialised"
