@@ -273,10 +273,7 @@ def _onnx_comparison(side: Any, feeds: dict, rtol: float, atol: float, layers: b
             how = side.export_onnx(path, feeds)
         except SurgeryError as exc:
             comp = Comparison(f"onnxruntime vs {side.label}", "onnxruntime", side.label)
-            if side.framework == "keras":  # tf2onnx is not a dependency: a limit of this install, not of MODEL
-                comp.skipped = f"{exc}; compared natively only"
-            else:
-                comp.problem = str(exc)
+            comp.problem = str(exc)
             return comp
         runner = onnx_run.OnnxRunner(path, label=f"onnxruntime (exported by {how})")
         ort_feeds, _ = _feeds_for(runner, feeds, side.data_format)

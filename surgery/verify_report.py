@@ -75,16 +75,15 @@ class Comparison:
     outputs: list[OutputDiff] = field(default_factory=list)
     layout: str | None = None          # the NHWC/NCHW adaptation made, if any
     problem: str | None = None         # a failure that is not a number (export failed, output count)
-    skipped: str | None = None         # not run, and why; does not fail the verdict
     first_divergent_layer: LayerDivergence | None = None
 
     @property
     def ok(self) -> bool:
-        return self.skipped is not None or (self.problem is None and all(o.passed for o in self.outputs))
+        return self.problem is None and all(o.passed for o in self.outputs)
 
     @property
     def verdict(self) -> str:
-        return "SKIPPED" if self.skipped else "PASS" if self.ok else "FAIL"
+        return "PASS" if self.ok else "FAIL"
 
 
 @dataclass
@@ -100,7 +99,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.comparisons) and any(not c.skipped for c in self.comparisons)
+        return bool(self.comparisons) and all(c.ok for c in self.comparisons)
 
     def __bool__(self) -> bool:
         return self.ok
@@ -134,7 +133,7 @@ _HEADER = ("output", "shape", "max abs", "max rel", "mean abs", "rtol", "atol", 
 
 def _comparison_lines(index: int, comp: Comparison) -> list[str]:
     lines = [f"[{index}] {comp.title}: {comp.verdict}"]
-    for label, text in (("layout", comp.layout), ("skipped", comp.skipped), ("problem", comp.problem)):
+    for label, text in (("layout", comp.layout), ("problem", comp.problem)):
         if text:
             lines.append(f"    {label}: {text}")
     rows = [_HEADER] + [
