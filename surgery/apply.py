@@ -11,15 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from . import __version__, dtypes, formats
 from .errors import SurgeryError
-from .graph import Layer, LayerGraph, Param
+from .graph import Layer, LayerGraph
 from .io import atomic_path, progress, refuse_overwrite, sha256_file
+from .stream import streamed
 from .plan import Plan
 
 
@@ -31,6 +33,7 @@ class Transplant:
     graph: LayerGraph
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)   # destination tensor -> sha256, non-finite count
     output: str | None = None
+    source_sha256: str | None = None
     verify: dict[str, Any] | None = None
 
     @property
@@ -82,21 +85,6 @@ def _settings(plan: Plan) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _watched(graph: LayerGraph, on_read: Callable[[str, np.ndarray], None]) -> LayerGraph:
-    """The same graph whose params report each array they read."""
-    layers = []
-    for layer in graph:
-        params = {}
-        for role, p in layer.params.items():
-            def load(p: Param = p, key: str = layer.key(role)) -> np.ndarray:
-                arr = p.read()
-                on_read(key, arr)
-                return arr
-            params[role] = Param(p.shape, p.dtype, load, key=p.key, layout=p.layout, ident=p.ident)
-        layers.append(Layer(layer.name, layer.kind, params, layer.attrs, layer.frozen))
-    return LayerGraph(layers, path=graph.path, format=graph.format, meta=graph.meta)
-
-
 def nonfinite(arr: np.ndarray) -> int:
     """How many NaN/Inf values a floating array holds (0 for integers)."""
     if not dtypes.is_floating(dtypes.of_array(arr)):
@@ -105,11 +93,13 @@ def nonfinite(arr: np.ndarray) -> int:
 
 
 def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_size: int | None = None,
-         quiet: bool = True, source: str | None = None) -> list[str]:
+         quiet: bool = True, source: str | None = None, tensor_hashes: bool = False) -> list[str]:
     """Write a graph (or a transplant's output) atomically; returns the files written.
 
     A transplant also gets ``PATH.surgery.json``: the source's sha256, the map,
-    the pairs with each copied tensor's sha256, the frozen layers.
+    the pairs, the frozen layers, NaN/Inf counts of the copied tensors and, with
+    ``tensor_hashes``, the sha256 of each copied tensor. The source is hashed on a
+    second thread while the output is written.
     """
     path = os.fspath(path)
     result = obj if isinstance(obj, Transplant) else None
@@ -118,31 +108,52 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
         refuse_overwrite(origin, path)
     name = formats.for_output(path, like=graph.format)
     copied = set(result.plan.copies()) if result else set()
+    src_hash = _hash_in_background(result.plan.src.path if result else None)
     bar = progress(graph.nbytes, desc=f"writing {os.path.basename(path)}", quiet=quiet)
 
     def on_read(key: str, arr: np.ndarray) -> None:
         bar.update(arr.nbytes)
         if result is not None and key in copied:
-            result.stats[key] = {"sha256": hashlib.sha256(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)).hexdigest(),
-                                 "nonfinite": nonfinite(arr)}
+            stats = {"nonfinite": nonfinite(arr)}
+            if tensor_hashes:
+                stats["sha256"] = hashlib.sha256(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)).hexdigest()
+            result.stats[key] = stats
 
-    watched = _watched(graph, on_read)
-    with bar:
-        if name == "safetensors" and max_shard_size:
-            from .formats.safetensors import write_sharded
-
-            written = write_sharded(watched, path, max_shard_size)
-        elif getattr(formats.module(name), "MULTI_FILE", False):  # writes its several files atomically itself
-            formats.module(name).write(watched, path)
-            written = [path]
-        else:
-            with atomic_path(path) as tmp:
-                formats.module(name).write(watched, tmp, target=path)
-            written = [path]
+    watched, ahead = streamed(graph, on_read)
+    try:
+        with bar:
+            written = _write(watched, path, name, max_shard_size)
+    finally:
+        ahead.close()
     if result is not None:
         result.output = path
+        result.source_sha256 = src_hash.result()
         written.append(write_record(result, path))
     return written
+
+
+def _write(graph: LayerGraph, path: str, name: str, max_shard_size: int | None) -> list[str]:
+    module = formats.module(name)
+    if name == "safetensors" and max_shard_size:
+        return module.write_sharded(graph, path, max_shard_size)
+    if getattr(module, "MULTI_FILE", False):  # writes its several files atomically itself
+        module.write(graph, path)
+    else:
+        with atomic_path(path) as tmp:
+            module.write(graph, tmp, target=path)
+    return [path]
+
+
+def _hash_in_background(path: str | None) -> Future:
+    """The sha256 of a source file, computed on its own thread (hashlib releases the GIL)."""
+    if not path or not os.path.exists(path):
+        done: Future = Future()
+        done.set_result(None)
+        return done
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surgery-hash")
+    future = pool.submit(sha256_file, path)
+    pool.shutdown(wait=False)
+    return future
 
 
 def write_record(result: Transplant, path: str) -> str:
@@ -151,8 +162,7 @@ def write_record(result: Transplant, path: str) -> str:
     record = {
         **result.to_dict(),
         "surgery": __version__,
-        "source": {"path": src.path, "format": src.format,
-                   "sha256": sha256_file(src.path) if src.path and os.path.exists(src.path) else None},
+        "source": {"path": src.path, "format": src.format, "sha256": result.source_sha256},
         "destination": {"path": result.plan.dst.path, "format": result.plan.dst.format},
     }
     record_path = f"{path}.surgery.json"

@@ -7,7 +7,6 @@ other failure unless ``--debug`` asks for the traceback.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -108,7 +107,8 @@ def map_command(src: str, dst: str, match: str, mapping: str | None, output: str
 @click.option("--freeze", multiple=True, metavar="GLOB", help="Mark destination layers frozen (repeatable).")
 @click.option("--strict", is_flag=True, help="Exit 1, writing nothing, if any layer is left unpaired and not kept/skipped.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; read no tensor data, write nothing.")
-@click.option("--report", "report_path", type=click.Path(), help="Also write the report as JSON here.")
+@click.option("--report", "report_path", type=click.Path(),
+              help="Also write the report as JSON here, with a sha256 of each copied tensor.")
 @click.option("--max-shard-size", metavar="SIZE", help="Write sharded safetensors with shards of at most SIZE (e.g. 5GB).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -144,7 +144,7 @@ def transplant(src: str, dst: str, mapping: str | None, output: str | None, matc
             sys.exit(EXIT_FAIL)
         return
     result = apply_plan(plan)
-    api.save(result, out, max_shard_size=shard, quiet=quiet, source=src)
+    api.save(result, out, max_shard_size=shard, quiet=quiet, source=src, tensor_hashes=bool(report_path))
     proof = None
     if verify_after:
         from .cli_proof import parse_shapes

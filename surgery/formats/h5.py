@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import dtypes, keras_layers
 from . import template_of
-from ..errors import FormatError, SurgeryError, fail
+from ..errors import SurgeryError, fail
 from ..graph import Layer, LayerGraph, Param
 
 SUFFIXES = (".h5", ".hdf5")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from . import template_of
-from ..errors import SurgeryError, fail
+from ..errors import fail
 from ..graph import LayerGraph
 
 SUFFIXES = (".keras",)

@@ -218,13 +218,13 @@ def aliases(graph: LayerGraph) -> dict[str, str]:
     return out
 
 
-def write(graph: LayerGraph, path: str, *, metadata: dict[str, str] | None = None, progress=None, **_: Any) -> None:
+def write(graph: LayerGraph, path: str, *, metadata: dict[str, str] | None = None, **_: Any) -> None:
     """Write every tensor of ``graph`` to one safetensors file, one tensor in memory at a time."""
     meta = {"format": "pt", **(metadata or {}), **aliases(graph)}
-    write_file(path, list(_stored(graph)), meta, progress=progress)
+    write_file(path, list(_stored(graph)), meta)
 
 
-def write_file(path: str, tensors: list[tuple[str, Param]], metadata: dict[str, str], *, progress=None) -> None:
+def write_file(path: str, tensors: list[tuple[str, Param]], metadata: dict[str, str]) -> None:
     """Stream ``tensors`` into ``path``: header from shapes first, then each tensor's bytes."""
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset = 0
@@ -240,8 +240,6 @@ def write_file(path: str, tensors: list[tuple[str, Param]], metadata: dict[str, 
         for key, param in tensors:
             arr = np.ascontiguousarray(param.read())
             f.write(memoryview(arr.reshape(-1).view(np.uint8)))
-            if progress is not None:
-                progress.update(param.nbytes)
         f.flush()
         os.fsync(f.fileno())
 
@@ -253,7 +251,7 @@ def shard_names(path: str, count: int) -> tuple[list[str], str]:
     return names, stem + INDEX_SUFFIX
 
 
-def write_sharded(graph: LayerGraph, path: str, max_shard_size: int, *, progress=None) -> list[str]:
+def write_sharded(graph: LayerGraph, path: str, max_shard_size: int) -> list[str]:
     """Write shards of at most ``max_shard_size`` bytes plus the standard index; returns the files written.
 
     Each shard is written atomically; the index is written last, so a crash leaves
@@ -267,7 +265,7 @@ def write_sharded(graph: LayerGraph, path: str, max_shard_size: int, *, progress
     tied = aliases(graph)
     for name, tensors in zip(names, shards):
         with atomic_path(name) as tmp:
-            write_file(tmp, tensors, {"format": "pt"}, progress=progress)
+            write_file(tmp, tensors, {"format": "pt"})
         weight_map.update({key: os.path.basename(name) for key, _ in tensors})
     index = {"metadata": {"total_size": sum(p.nbytes for s in shards for _, p in s), **({"aliases": tied} if tied else {})},
              "weight_map": weight_map}

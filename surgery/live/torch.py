@@ -13,7 +13,7 @@ import torch
 
 from ..errors import SurgeryError
 from ..formats.torch import to_numpy, to_tensor
-from ..graph import Layer, LayerGraph, Param
+from ..graph import LayerGraph, Param
 from ..kinds import group
 
 # Module class -> kind: a live module says what a bare state_dict can only suggest.

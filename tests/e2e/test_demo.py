@@ -1,6 +1,5 @@
 """The demo's transplant end to end: the output loads into the new network with the right weights."""
 
-import shutil
 import subprocess
 import sys
 

@@ -1,0 +1,80 @@
+"""Streaming a graph into a writer: read-ahead and per-tensor watching.
+
+A writer asks for tensors one at a time. ``streamed`` returns the same graph
+whose params (1) report each array they read to a callback (progress, NaN
+counts, hashes) and (2) read the next tensor, in graph order, on a worker
+thread while the writer handles the current one. At most one tensor is read
+ahead, so peak memory stays near two tensors; file reads and numpy release the
+GIL, so on two cores reading and writing overlap.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+
+from .graph import Layer, LayerGraph, Param
+
+OnRead = Callable[[str, np.ndarray], None]
+
+
+class ReadAhead:
+    """Loads the tensor after the one just asked for, on one worker thread."""
+
+    def __init__(self, loads: dict[str, Callable[[], np.ndarray]], order: list[str]) -> None:
+        self._loads = loads
+        self._next = dict(zip(order, order[1:]))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surgery-read")
+        self._pending: tuple[str, Future] | None = None
+
+    def get(self, key: str) -> np.ndarray:
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == key:
+            arr = pending[1].result()
+        else:
+            if pending is not None:  # the writer went out of order: drop the guess, keep memory bounded
+                pending[1].cancel()
+            arr = self._loads[key]()
+        following = self._next.get(key)
+        if following is not None:
+            self._pending = (following, self._pool.submit(self._loads[following]))
+        return arr
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending[1].cancel()
+        self._pool.shutdown(wait=True)
+
+
+def streamed(graph: LayerGraph, on_read: OnRead) -> tuple[LayerGraph, ReadAhead]:
+    """The same graph whose params read ahead and report each array to ``on_read``.
+
+    Close the returned ReadAhead when the writer is done.
+    """
+    loads: dict[str, Callable[[], np.ndarray]] = {}
+    order: list[str] = []
+    seen: set = set()
+    for key, param in graph.tensors():
+        loads[key] = _reporting(param, key, on_read)
+        if param.ident is None or param.ident not in seen:  # a tied alias is not read again
+            order.append(key)
+            seen.add(param.ident)
+    ahead = ReadAhead(loads, order)
+    layers = []
+    for layer in graph:
+        params = {role: Param(p.shape, p.dtype, lambda k=layer.key(role): ahead.get(k), key=p.key,
+                              layout=p.layout, ident=p.ident)
+                  for role, p in layer.params.items()}
+        layers.append(Layer(layer.name, layer.kind, params, layer.attrs, layer.frozen))
+    return LayerGraph(layers, path=graph.path, format=graph.format, meta=graph.meta), ahead
+
+
+def _reporting(param: Param, key: str, on_read: OnRead) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        arr = param.read()
+        on_read(key, arr)
+        return arr
+
+    return load
