@@ -85,13 +85,6 @@ def _settings(plan: Plan) -> dict[str, dict[str, Any]]:
     return out
 
 
-def nonfinite(arr: np.ndarray) -> int:
-    """How many NaN/Inf values a floating array holds (0 for integers)."""
-    if not dtypes.is_floating(dtypes.of_array(arr)):
-        return 0
-    return int(arr.size - np.count_nonzero(np.isfinite(arr.astype(np.float32, copy=False))))
-
-
 def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_size: int | None = None,
          quiet: bool = True, source: str | None = None, tensor_hashes: bool = False) -> list[str]:
     """Write a graph (or a transplant's output) atomically; returns the files written.
@@ -114,7 +107,7 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
     def on_read(key: str, arr: np.ndarray) -> None:
         bar.update(arr.nbytes)
         if result is not None and key in copied:
-            stats = {"nonfinite": nonfinite(arr)}
+            stats = {"nonfinite": sum(dtypes.nonfinite(arr))}
             if tensor_hashes:
                 stats["sha256"] = hashlib.sha256(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)).hexdigest()
             result.stats[key] = stats

@@ -76,3 +76,24 @@ def itemsize(name: str) -> int:
 
 def is_floating(name: str) -> bool:
     return name in FLOATING
+
+
+_CHUNK = 1 << 22  # elements converted at a time, so a bfloat16 tensor is never widened whole
+
+
+def nonfinite(arr: np.ndarray) -> tuple[int, int]:
+    """``(NaN count, Inf count)`` of an array; (0, 0) for integer and boolean types.
+
+    ml_dtypes types (bfloat16, float8) are converted to float32 a chunk at a time,
+    which holds every value they can.
+    """
+    if arr.dtype.kind in "biu":
+        return 0, 0
+    flat = arr.reshape(-1)
+    nan = inf = 0
+    for start in range(0, flat.size, _CHUNK):
+        part = flat[start:start + _CHUNK]
+        part = part if part.dtype.kind in "fc" else part.astype(np.float32)
+        nan += int(np.count_nonzero(np.isnan(part)))
+        inf += int(np.count_nonzero(np.isinf(part)))
+    return nan, inf
