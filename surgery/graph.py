@@ -19,6 +19,10 @@ from . import dtypes
 from .errors import SurgeryError
 
 
+# Buffers that carry no trained value: never paired by shape, never reported as left unfilled.
+BOOKKEEPING = frozenset({"num_batches_tracked"})
+
+
 class Param:
     """A lazy tensor: shape and dtype now, data on ``read()``.
 
@@ -111,8 +115,8 @@ class Layer:
         return sum(p.numel for p in self.params.values())
 
     def signature(self) -> tuple:
-        """Kind and canonical shapes: what ``match: shape`` compares."""
-        return (self.kind, tuple((r, p.shape) for r, p in self.params.items()))
+        """Kind and canonical shapes: what ``match: shape`` compares (bookkeeping buffers left out)."""
+        return (self.kind, tuple((r, p.shape) for r, p in self.params.items() if r not in BOOKKEEPING))
 
 
 class LayerGraph:

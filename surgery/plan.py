@@ -16,11 +16,9 @@ import numpy as np
 
 from . import adapters, layouts, settings
 from .errors import PlanError
-from .graph import Layer, LayerGraph, Param
+from .graph import BOOKKEEPING, Layer, LayerGraph, Param
 from .mapping import Mapping, load_map
 
-# Buffers that carry no trained value: never reported as left unfilled.
-BOOKKEEPING = ("num_batches_tracked",)
 
 
 @dataclass

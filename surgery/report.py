@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import json
+import re
 
 if TYPE_CHECKING:
     from .graph import LayerGraph
@@ -98,6 +99,14 @@ def plan_yaml(plan: "Plan") -> str:
     return "\n".join(lines) + "\n"
 
 
+_PLAIN = re.compile(r"[A-Za-z_][\w.\-]*")
+_WORDS = ("true", "false", "null", "yes", "no", "on", "off")  # plain words YAML would not read as strings
+
+
 def _scalar(value: Any) -> str:
-    """A YAML flow scalar or list: JSON is valid YAML and quotes what needs quoting."""
+    """A YAML flow scalar or list: layer names as they are, anything else quoted (JSON is valid YAML)."""
+    if isinstance(value, str) and _PLAIN.fullmatch(value) and value.lower() not in _WORDS:
+        return value
+    if isinstance(value, list):
+        return "[" + ", ".join(_scalar(v) for v in value) + "]"
     return json.dumps(value)

@@ -39,3 +39,14 @@ def test_verify_catches_a_wrong_flatten_and_names_the_layer(run, tmp_path, chdir
     record = json.loads((tmp_path / "port.pt.surgery.json").read_text())
     assert record["verify"]["ok"] is False
     assert "first divergent layer: classifier.1 (reference layer fc1)" in result.stdout
+
+
+def test_a_proposed_shape_map_transplants_and_verifies(run, tmp_path, chdir_root):
+    proposed = tmp_path / "map.yaml"
+    result = run("map", KERAS, PORT, "--match", "shape", "-o", proposed)
+    assert result.exit_code == 0, result.stderr
+    text = proposed.read_text()
+    assert "block1_bn: features.2  # shape batch_norm" in text and "could not pair" not in text
+    out = tmp_path / "port.pt"
+    result = run("transplant", KERAS, PORT, "--map", proposed, "-o", out, "--verify", "--factory", FACTORY, "--quiet")
+    assert result.exit_code == 0, result.stdout + result.stderr
