@@ -1,8 +1,10 @@
 """A model folder (Hugging Face style) resolved to its weight files.
 
 Preference: safetensors (index, then single file), then PyTorch (index, then
-single file), then Keras ``tf_model.h5``, then a SavedModel. The graph that
-comes back is the resolved file's, so writers treat it like that file.
+single file), then Keras ``tf_model.h5``, then a SavedModel, then the TensorFlow
+checkpoint a ``checkpoint`` file names, then a single weight file of a known
+suffix. The graph that comes back is the resolved file's, so writers treat it
+like that file.
 """
 
 from __future__ import annotations
@@ -36,13 +38,32 @@ def resolve(path: str) -> str:
         candidate = os.path.join(path, name)
         if os.path.exists(candidate):
             return path if name == "saved_model.pb" else candidate
-    for pattern in ("*.safetensors.index.json", "*.safetensors", "*.pt", "*.pth", "*.bin", "*.keras", "*.h5", "*.onnx"):
+    latest = _latest_tf_checkpoint(path)
+    if latest:
+        return latest
+    for pattern in ("*.safetensors.index.json", "*.safetensors", "*.pt", "*.pth", "*.bin", "*.keras", "*.h5", "*.onnx",
+                    "*.index"):
         found = sorted(glob.glob(os.path.join(path, pattern)))
         if len(found) == 1:
             return found[0]
         if len(found) > 1 and not pattern.endswith(".safetensors"):
             raise fail(path, f"several weight files match {pattern}: {', '.join(map(os.path.basename, found))}; name one")
     raise fail(path, "folder holds no weight file surgery knows (model.safetensors, pytorch_model.bin, tf_model.h5, saved_model.pb...)")
+
+
+def _latest_tf_checkpoint(path: str) -> str | None:
+    """The checkpoint a TensorFlow ``checkpoint`` file names (``model_checkpoint_path: "ckpt-3"``)."""
+    state = os.path.join(path, "checkpoint")
+    if not os.path.isfile(state):
+        return None
+    with open(state, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model_checkpoint_path":
+                prefix = os.path.join(path, value.strip().strip('"'))
+                if os.path.exists(prefix + ".index"):
+                    return prefix + ".index"
+    return None
 
 
 def read(path: str, **options: Any) -> LayerGraph:

@@ -42,3 +42,14 @@ def test_unknown_file_is_refused(tmp_path):
         formats.detect(junk)
     with pytest.raises(FormatError, match="cannot tell the output format"):
         formats.for_output(tmp_path / "out.xyz")
+
+
+def test_folder_with_a_tensorflow_checkpoint(tmp_path):
+    alone = surgery.load(FIXTURES / "tf" / "tf2")
+    assert alone.format == "tf_checkpoint" and "conv1" in alone
+    for name in ("ckpt.index", "ckpt.data-00000-of-00001"):
+        shutil.copy(FIXTURES / "tf" / "tf2" / name, tmp_path / name.replace("ckpt", "ckpt-7"))
+        shutil.copy(FIXTURES / "tf" / "tf2" / name, tmp_path / name.replace("ckpt", "ckpt-3"))
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-7"\nall_model_checkpoint_paths: "ckpt-3"\n')
+    latest = surgery.load(tmp_path)
+    assert latest.path.endswith("ckpt-7.index") and set(latest.layers) == set(alone.layers)
