@@ -192,10 +192,12 @@ def flatten_rows(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict
     dst_order = dst_order or (spatial + "C" if dst_how == "keras" else "C" + spatial)
     transform = layouts.flatten_columns(sizes, src_order, dst_order)
     weight = src.params["weight"]
-    text = f"{weight.layout or 'identity'}, {transform.name if transform is not layouts.IDENTITY else f'flatten order {src_order} kept'}"
+    step = transform.name if transform is not layouts.IDENTITY else f"flatten order {src_order} kept"
+    text = f"{weight.layout}, {step}" if weight.layout else step
     if "assumed" in (src_how, dst_how):
-        side = "destination" if dst_how == "assumed" else "source"
-        text += f" (assumed: the {side} flattens its NCHW map in {dst_order if side == 'destination' else src_order} order; override with the map's `flatten:`)"
+        side, order = ("destination", dst_order) if dst_how == "assumed" else ("source", src_order)
+        text += (f" (assumed: the {side} flattens its NCHW map in {order} order; "
+                 "override with the map's `flatten:`)")
     feeds = by_role(src, dsts, options) or {}
     feeds[(dst.name, "weight")] = Feed(weight.derived(transform),
                                        (src.key("weight"),), text)

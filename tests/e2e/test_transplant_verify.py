@@ -50,3 +50,31 @@ def test_a_proposed_shape_map_transplants_and_verifies(run, tmp_path, chdir_root
     out = tmp_path / "port.pt"
     result = run("transplant", KERAS, PORT, "--map", proposed, "-o", out, "--verify", "--factory", FACTORY, "--quiet")
     assert result.exit_code == 0, result.stdout + result.stderr
+
+
+REVERSE = """\
+version: 1
+layers:
+  features.0: block1_conv1
+  features.2: block1_bn
+  features.4: block2_conv1
+  features.6: block2_bn
+  classifier.1: fc1
+  classifier.3: predictions
+freeze: ["block1_*"]
+"""
+
+
+def test_keras_to_pytorch_and_back_is_bit_exact(run, tmp_path):
+    port = tmp_path / "port.pt"
+    assert run("transplant", KERAS, PORT, "--map", TORCH / "keras_full_map.yaml", "-o", port, "-q").exit_code == 0
+    reverse = tmp_path / "reverse.yaml"
+    reverse.write_text(REVERSE)
+    back = tmp_path / "back.keras"
+    result = run("transplant", port, FIXTURES / "keras" / "vgg.keras", "--map", reverse, "-o", back, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert "flatten rows CHW->HWC" in result.stdout
+    same = run("diff", FIXTURES / "keras" / "vgg.keras", back)
+    assert same.exit_code == 0, same.stdout
+    frozen = {l["name"]: l["frozen"] for l in json.loads(run("inspect", back, "--json").stdout)["layers"]}
+    assert frozen["block1_conv1"] and frozen["block1_bn"] and not frozen["fc1"]
