@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-import numpy as np
 
-from . import layouts
+from . import layouts, lazy
 from .errors import PlanError
 from .graph import Layer, Param
 
@@ -50,12 +49,8 @@ def by_role(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tupl
     return feeds
 
 
-def _constant(like: Param, value: float, note: str) -> Param:
-    """A lazy constant vector shaped like ``like`` (a bias Keras did not have, a BatchNorm without scale)."""
-    from . import dtypes
-
-    np_type = dtypes.get(like.dtype).numpy
-    return Param(like.shape, like.dtype, lambda: np.full(like.shape, value, np_type), key=note, layout=note)
+def _zeros(like: Param) -> Param:
+    return lazy.constant(like.shape, like, 0.0, "zeros")
 
 
 def gru_variant(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> None:
@@ -90,11 +85,11 @@ def separable_split(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> d
     feeds = {(depth.name, "weight"): Feed(dw, (src.key("depthwise.weight"),), dw.layout or "identity"),
              (point.name, "weight"): Feed(pw, (src.key("pointwise.weight"),), pw.layout or "identity")}
     if "bias" in depth.params:
-        feeds[(depth.name, "bias")] = Feed(_constant(depth.params["bias"], 0.0, "zeros"), (), "zeros (no depthwise bias in the source)")
+        feeds[(depth.name, "bias")] = Feed(_zeros(depth.params["bias"]), (), "zeros (no depthwise bias in the source)")
     if "bias" in point.params:
         bias = src.params.get("pointwise.bias")
         feeds[(point.name, "bias")] = (Feed(bias, (src.key("pointwise.bias"),), bias.layout or "identity") if bias is not None
-                                       else Feed(_constant(point.params["bias"], 0.0, "zeros"), (), "zeros (source has no bias)"))
+                                       else Feed(_zeros(point.params["bias"]), (), "zeros (source has no bias)"))
     return feeds
 
 
@@ -152,7 +147,7 @@ def batch_norm_fill(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> d
     feeds = by_role(src, dsts, options) or {}
     for role, value, why in (("weight", 1.0, "ones (source has scale=False)"), ("bias", 0.0, "zeros (source has center=False)")):
         if role in dst.params and role not in src.params:
-            feeds[(dst.name, role)] = Feed(_constant(dst.params[role], value, why), (), why)
+            feeds[(dst.name, role)] = Feed(lazy.constant(dst.params[role].shape, dst.params[role], value, why), (), why)
     return feeds
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import layouts
+from . import layouts, lazy
 from .errors import SurgeryError
 from .graph import Layer, Param
 from .layouts import IDENTITY, Transform
@@ -57,32 +57,6 @@ _CONV_T = {3: ("WOI", "IOW"), 4: ("HWOI", "IOHW"), 5: ("DHWOI", "IODHW")}
 
 # A lazy param that is a transform applied to another; nothing is read now.
 derive = Param.derived
-
-
-def zeros_like_rows(param: Param, rows: int, note: str) -> Param:
-    """A lazy zero vector of ``rows`` elements in ``param``'s dtype (the second PyTorch RNN bias)."""
-    from . import dtypes
-
-    np_type = dtypes.get(param.dtype).numpy
-    return Param((rows,), param.dtype, lambda: np.zeros(rows, np_type), key=param.key, layout=note)
-
-
-def summed(a: Param, b: Param, note: str) -> Param:
-    """A lazy ``a + b`` (PyTorch's two RNN biases folded into Keras' one)."""
-    return Param(a.shape, a.dtype, lambda: a.read() + b.read(), key=a.key, layout=note)
-
-
-def stacked(parts: list[Param], note: str) -> Param:
-    """A lazy ``np.stack(parts)`` (the two Keras GRU bias rows)."""
-    return Param((len(parts), *parts[0].shape), parts[0].dtype,
-                 lambda: np.stack([p.read() for p in parts]), key=parts[0].key, layout=note)
-
-
-def concat(parts: list[Param], note: str) -> Param:
-    """A lazy concatenation along the first axis (q, k, v into a fused projection)."""
-    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
-    return Param(shape, parts[0].dtype, lambda: np.concatenate([p.read() for p in parts]),
-                 key=parts[0].key, layout=note)
 
 
 def var_name(weight_name: str, layer_name: str = "") -> str:
@@ -248,7 +222,7 @@ def _lstm(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
     bias = v.get("bias")
     if bias is not None:
         out["bias_ih_l0"] = derive(bias, IDENTITY, key=bias.key)
-        out["bias_hh_l0"] = zeros_like_rows(bias, bias.shape[0], "zeros (Keras has one LSTM bias)")
+        out["bias_hh_l0"] = lazy.constant(bias.shape, bias, 0.0, "zeros (Keras has one LSTM bias)")
     return out
 
 
@@ -273,7 +247,7 @@ def _mha(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
     fused = q.shape == k.shape == val.shape and q.shape[0] == q.shape[1] * q.shape[2]
     out: dict[str, Param] = {}
     if fused:
-        out["in_proj_weight"] = concat(projections, "q,k,v (d,heads,head_dim) -> in_proj_weight")
+        out["in_proj_weight"] = lazy.concat(projections, "q,k,v (d,heads,head_dim) -> in_proj_weight")
     else:
         for letter, proj in zip("qkv", projections):
             out[f"{letter}_proj_weight"] = proj
@@ -281,7 +255,7 @@ def _mha(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
     if all(b is not None for b in biases):
         flat = [derive(b, layouts.reshape((b.shape[0] * b.shape[1],), "heads,head_dim->(heads*head_dim)"))
                 for b in biases]
-        out["in_proj_bias"] = concat(flat, "q,k,v biases -> in_proj_bias")
+        out["in_proj_bias"] = lazy.concat(flat, "q,k,v biases -> in_proj_bias")
     out["out_proj.weight"] = derive(v["attention_output/kernel"], layouts.heads_out())
     return _with(out, "out_proj.bias", v.get("attention_output/bias"))
 
@@ -386,7 +360,7 @@ def _lstm_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]
            "recurrent_kernel": derive(p["weight_hh_l0"], layouts.permute("OI", "IO"))}
     ih, hh = p.get("bias_ih_l0"), p.get("bias_hh_l0")
     if ih is not None and hh is not None:
-        out["bias"] = summed(ih, hh, "bias_ih + bias_hh -> one Keras bias")
+        out["bias"] = lazy.summed(ih, hh, "bias_ih + bias_hh -> one Keras bias")
     return _opt(out, "bias", ih) if hh is None else out
 
 
@@ -405,7 +379,7 @@ def _gru_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
     if hh is None:
         out["bias"] = derive(ih, reorder)
     else:
-        out["bias"] = stacked([derive(ih, reorder), derive(hh, reorder)], "bias_ih, bias_hh -> (2, 3H)")
+        out["bias"] = lazy.stacked([derive(ih, reorder), derive(hh, reorder)], "bias_ih, bias_hh -> (2, 3H)")
     return out
 
 
