@@ -28,3 +28,20 @@ def raw(arr):
     import numpy as np
 
     return np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+
+
+def assert_same_as_torch(state, tensors):
+    """Every ``name -> Param`` equals the framework's ``name -> torch.Tensor``: names, shapes, dtypes, bits.
+
+    The failing key is named in the assertion message.
+    """
+    import numpy as np
+
+    from surgery.formats.torch import to_numpy
+
+    assert set(state) == set(tensors), sorted(set(state) ^ set(tensors))
+    for key, tensor in tensors.items():
+        param = state[key]
+        assert param.shape == tuple(tensor.shape), key
+        assert param.dtype == str(tensor.dtype).removeprefix("torch."), key
+        assert np.array_equal(raw(param.read()), raw(to_numpy(tensor))), key

@@ -1,34 +1,23 @@
 import zipfile
 
-import numpy as np
 import pytest
 import torch
 
 import surgery
 from surgery.errors import FormatError, UnsafePickleError
 from surgery.formats import torch as torch_format
-from surgery.formats.torch import to_numpy
-from tests.conftest import TORCH, raw
-
-
-def _assert_same(graph_state, tensors):
-    assert set(graph_state) == set(tensors)
-    for key, tensor in tensors.items():
-        param = graph_state[key]
-        assert param.shape == tuple(tensor.shape), key
-        assert param.dtype == str(tensor.dtype).removeprefix("torch."), key
-        assert np.array_equal(raw(param.read()), raw(to_numpy(tensor))), key
+from tests.conftest import TORCH, assert_same_as_torch
 
 
 @pytest.mark.parametrize("name", ["cnn_source.pt", "zoo.pt", "legacy.pt", "low_precision.pt", "tied.pt"])
 def test_reader_matches_torch_load_key_by_key(name):
     graph = surgery.load(TORCH / name)
-    _assert_same(graph.state(), torch.load(TORCH / name, weights_only=True))
+    assert_same_as_torch(graph.state(), torch.load(TORCH / name, weights_only=True))
 
 
 def test_wrapped_checkpoint_is_unwrapped_and_reported():
     graph = surgery.load(TORCH / "wrapped.pt")
-    _assert_same(graph.state(), torch.load(TORCH / "wrapped.pt", weights_only=True)["state_dict"])
+    assert_same_as_torch(graph.state(), torch.load(TORCH / "wrapped.pt", weights_only=True)["state_dict"])
     assert any("checkpoint['state_dict']" in n for n in graph.notes)
 
 
@@ -81,7 +70,7 @@ def test_write_round_trip_read_by_torch(tmp_path):
     out = tmp_path / "out.pt"
     surgery.save(graph, out)
     back = torch.load(out, weights_only=True)
-    _assert_same(graph.state(), back)
+    assert_same_as_torch(graph.state(), back)
 
 
 def test_write_keeps_wrapper_and_prefix(tmp_path):
