@@ -126,3 +126,11 @@ def test_convert_to_a_format_that_needs_a_template_names_the_output(run, tmp_pat
     assert result.exit_code == 2
     assert result.stderr.startswith(f"surgery: error: {out}: writing ") and "pass template=" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_external_data_outside_its_folder_is_bad_input(run, tmp_path):
+    from tests.conftest import FIXTURES
+
+    result = run("inspect", FIXTURES / "onnx" / "evil" / "model.onnx")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "model.onnx" in result.stderr and "outside" in result.stderr, result.stderr

@@ -36,3 +36,17 @@ def test_output_equal_to_source_is_refused(tmp_path):
     with pytest.raises(SurgeryError, match="output is the source file"):
         refuse_overwrite(src, tmp_path / "b.pt")
     refuse_overwrite(src, tmp_path / "c.pt")
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
+    import sys
+
+    from surgery.io import progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    with progress(1000, desc="writing") as bar:
+        bar.update(1000)
+    assert bar.disable and capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert not progress(1000, desc="writing").disable
+    assert progress(1000, desc="writing", quiet=True).disable
