@@ -32,6 +32,23 @@ class Feed:
     transform: str               # shown in the plan: "identity", "gates ifco->ifgo"...
 
 
+class MergedLayer(Layer):
+    """Several source layers that together fill one destination layer (the map's ``merge``).
+
+    Its params are keyed by the parts' full tensor names, so feeds name the real
+    source tensors. Example: four linears ``q/k/v/o_proj`` into one Keras
+    MultiHeadAttention, or a depthwise and a pointwise conv into one SeparableConv2D.
+    """
+
+    def __init__(self, parts: list[Layer]) -> None:
+        params = {part.key(role): p for part in parts for role, p in part.params.items()}
+        super().__init__("+".join(part.name for part in parts), "merged", params)
+        self.parts = parts
+
+    def key(self, role: str) -> str:
+        return role
+
+
 # (source layer, destination layers, options from the map) -> {(dst layer name, role): Feed}
 Adapter = Callable[[Layer, list[Layer], dict[str, Any]], Optional[dict[tuple[str, str], Feed]]]
 
@@ -93,23 +110,51 @@ def separable_split(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> d
     return feeds
 
 
-def separable_part(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
-    """One plain conv into its half of a separable destination: ``(C*M,1,k,k)`` -> depthwise, ``1x1`` -> pointwise.
+def separable_merge(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
+    """A depthwise conv and a pointwise conv (``merge: {sep1: [dw, pw]}``) into one separable layer.
 
-    Used when two source convs are paired with the same separable layer; the
-    depthwise conv's own bias (if any) has no place in a separable layer and is reported unused.
+    A separable layer has no bias between its two steps: a depthwise bias is
+    reported as not copied (the result matches only if it was zero).
     """
-    if len(dsts) != 1 or not dsts[0].kind.startswith("separable_conv") or src.kind.startswith("separable_conv"):
+    parts = getattr(src, "parts", None)
+    if not parts or len(parts) != 2 or len(dsts) != 1 or not dsts[0].kind.startswith("separable_conv"):
         return None
-    dst, weight = dsts[0], src.params.get("weight")
-    if weight is None:
-        return None
-    if weight.shape[1] == 1 and weight.shape[2:] != (1,) * (len(weight.shape) - 2):
-        return {(dst.name, "depthwise.weight"): Feed(weight, (src.key("weight"),), weight.layout or "identity")}
-    feeds = {(dst.name, "pointwise.weight"): Feed(weight, (src.key("weight"),), weight.layout or "identity")}
-    if "bias" in src.params and "pointwise.bias" in dst.params:
-        feeds[(dst.name, "pointwise.bias")] = Feed(src.params["bias"], (src.key("bias"),), "identity")
+    dst, (depth, point) = dsts[0], parts
+    feeds = {(dst.name, "depthwise.weight"): _whole(depth, "weight"),
+             (dst.name, "pointwise.weight"): _whole(point, "weight")}
+    if "bias" in point.params and "pointwise.bias" in dst.params:
+        feeds[(dst.name, "pointwise.bias")] = _whole(point, "bias")
     return feeds
+
+
+def attention_merge(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
+    """Four linears ``[q, k, v, o]`` (``merge: {mha: [q_proj, k_proj, v_proj, o_proj]}``) into one attention layer."""
+    parts = getattr(src, "parts", None)
+    if not parts or len(parts) != 4 or len(dsts) != 1 or dsts[0].kind != "multi_head_attention":
+        return None
+    dst, (q, k, v, o) = dsts[0], parts
+    feeds: dict[tuple[str, str], Feed] = {}
+    if "in_proj_weight" in dst.params:
+        feeds[(dst.name, "in_proj_weight")] = _joined([q, k, v], "weight", "q, k, v weights -> in_proj_weight")
+    else:
+        for letter, part in zip("qkv", (q, k, v)):
+            feeds[(dst.name, f"{letter}_proj_weight")] = _whole(part, "weight")
+    if "in_proj_bias" in dst.params and all("bias" in p.params for p in (q, k, v)):
+        feeds[(dst.name, "in_proj_bias")] = _joined([q, k, v], "bias", "q, k, v biases -> in_proj_bias")
+    for role in ("weight", "bias"):
+        if role in o.params and f"out_proj.{role}" in dst.params:
+            feeds[(dst.name, f"out_proj.{role}")] = _whole(o, role)
+    return feeds
+
+
+def _whole(layer: Layer, role: str) -> Feed:
+    param = layer.params[role]
+    return Feed(param, (layer.key(role),), param.layout or "identity")
+
+
+def _joined(layers: list[Layer], role: str, note: str) -> Feed:
+    return Feed(lazy.concat([layer.params[role] for layer in layers], note),
+                tuple(layer.key(role) for layer in layers), note)
 
 
 def attention_split(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
@@ -213,8 +258,8 @@ def _flatten_sizes(src: Layer, dst: Layer, given: dict[str, Any], src_order: str
     return None
 
 
-ADAPTERS: list[Adapter] = [gru_variant, separable_split, separable_part, attention_split, flatten_rows,
-                           batch_norm_fill, by_role]
+ADAPTERS: list[Adapter] = [gru_variant, separable_split, separable_merge, attention_split, attention_merge,
+                           flatten_rows, batch_norm_fill, by_role]
 
 
 def feed(src: Layer, dsts: list[Layer], options: dict[str, Any] | None = None) -> dict[tuple[str, str], Feed]:

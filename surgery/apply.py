@@ -78,7 +78,7 @@ def _settings(plan: Plan) -> dict[str, dict[str, Any]]:
     """Source settings a destination that carries its configuration should take (BatchNorm eps)."""
     out = {}
     for pair in plan.pairs:
-        src = plan.src[pair.source]
+        src = plan.source_layer(pair.source)
         for name in pair.destinations:
             if src.kind in ("batch_norm", "layer_norm") and "eps" in src.attrs and src.attrs["eps"] != plan.dst[name].attrs.get("eps"):
                 out[name] = {"eps": src.attrs["eps"]}

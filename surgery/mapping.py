@@ -18,7 +18,7 @@ import yaml
 
 from .errors import MapError
 
-KEYS = ("version", "match", "rename", "layers", "skip", "keep", "freeze", "on_mismatch", "flatten")
+KEYS = ("version", "match", "rename", "layers", "merge", "skip", "keep", "freeze", "on_mismatch", "flatten")
 MATCH = ("name", "shape", "none")
 ON_MISMATCH = ("error", "skip", "slice")
 FLATTEN_KEYS = ("shape", "source_order", "dest_order")
@@ -40,6 +40,7 @@ class Mapping:
     match: str = "name"
     rename: list[tuple[re.Pattern, str, int]] = field(default_factory=list)
     layers: dict[str, Entry] = field(default_factory=dict)      # source layer -> Entry([destination layers])
+    merge: dict[str, Entry] = field(default_factory=dict)       # destination layer -> Entry([source layers])
     skip: list[Entry] = field(default_factory=list)
     keep: list[Entry] = field(default_factory=list)
     freeze: list[Entry] = field(default_factory=list)
@@ -72,6 +73,12 @@ class Mapping:
             for d in entry.value:
                 if d not in dst_set:
                     raise self.error(entry.line, f"layers: destination layer {d!r} does not exist{_close(d, dst)}")
+        for name, entry in self.merge.items():
+            if name not in dst_set:
+                raise self.error(entry.line, f"merge: destination layer {name!r} does not exist{_close(name, dst)}")
+            for part in entry.value:
+                if part not in src_set:
+                    raise self.error(entry.line, f"merge: source layer {part!r} does not exist{_close(part, src)}")
         for section, names, side in (("skip", src, "source"), ("keep", dst, "destination"), ("freeze", dst, "destination")):
             for entry in getattr(self, section):
                 if not fnmatch.filter(names, entry.value):
@@ -86,6 +93,8 @@ class Mapping:
             out["rename"] = {p.pattern: r for p, r, _ in self.rename}
         if self.layers:
             out["layers"] = {s: (e.value[0] if len(e.value) == 1 else e.value) for s, e in self.layers.items()}
+        if self.merge:
+            out["merge"] = {d: e.value for d, e in self.merge.items()}
         for section in ("skip", "keep", "freeze"):
             if getattr(self, section):
                 out[section] = [e.value for e in getattr(self, section)]
@@ -171,6 +180,7 @@ def _build(data: dict, lines: dict, source: str) -> Mapping:
     m.on_mismatch = _choice(m, data, lines, "on_mismatch", ON_MISMATCH, "error")
     m.rename = _rename(m, data.get("rename") or {}, lines)
     m.layers = _layers(m, data.get("layers") or {}, lines)
+    m.merge = _merge(m, data.get("merge") or {}, lines)
     for section in ("skip", "keep", "freeze"):
         setattr(m, section, _globs(m, section, data.get(section) or [], lines))
     m.flatten = _flatten(m, data.get("flatten") or {}, lines)
@@ -227,6 +237,27 @@ def _layers(m: Mapping, pairs: Any, lines: dict) -> dict[str, Entry]:
                 raise m.error(line, f"layers: destination {d!r} is named twice (also for {taken[d]!r})")
             taken[d] = str(src)
         out[str(src)] = Entry(dsts, line)
+    return out
+
+
+def _merge(m: Mapping, entries: Any, lines: dict) -> dict[str, Entry]:
+    """``destination: [source, source, ...]``: several source layers fill one destination layer together."""
+    if not isinstance(entries, dict):
+        raise m.error(lines.get("merge", 0), "merge: must map a destination layer to a list of source layers")
+    named = {d: s for s, e in m.layers.items() for d in e.value}
+    out: dict[str, Entry] = {}
+    used: dict[str, str] = {}
+    for dst, parts in entries.items():
+        line = _item_line(lines, "merge", dst)
+        if not isinstance(parts, list) or len(parts) < 2 or not all(isinstance(p, str) and p for p in parts):
+            raise m.error(line, f"merge: {dst!r} needs a list of two or more source layers")
+        if dst in named:
+            raise m.error(line, f"merge: destination {dst!r} is also named under layers (for {named[dst]!r})")
+        for part in parts:
+            if part in m.layers or part in used:
+                raise m.error(line, f"merge: source {part!r} is already paired ({'layers' if part in m.layers else used[part]})")
+            used[part] = str(dst)
+        out[str(dst)] = Entry(list(parts), line)
     return out
 
 

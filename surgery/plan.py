@@ -43,6 +43,7 @@ class Pair:
     destinations: list[str]
     rule: str
     tensors: list[TensorCopy] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)   # the source layers, several for a `merge`
 
     def to_dict(self) -> dict[str, Any]:
         dst = self.destinations[0] if len(self.destinations) == 1 else self.destinations
@@ -64,6 +65,12 @@ class Plan:
     uncovered: list[str] = field(default_factory=list)   # destination layers left as initialised, not kept
     frozen: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    merged: dict[str, Any] = field(default_factory=dict, repr=False)   # virtual source layers of `merge`
+
+    def source_layer(self, name: str) -> Layer:
+        """A source layer by name, or the virtual layer a `merge` makes of several."""
+        merged = self.merged.get(name)
+        return merged if merged is not None else self.src[name]
 
     def copies(self) -> dict[str, TensorCopy]:
         return {t.destination: t for p in self.pairs for t in p.tensors}
@@ -106,9 +113,9 @@ def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: 
     plan.skipped = [n for n in src.layers if _any_glob(n, m.skip)]
     plan.kept = [n for n in dst.layers if _any_glob(n, m.keep)]
     order = {name: i for i, name in enumerate(src.layers)}
-    for source, dsts, rule in sorted(_pairings(plan), key=lambda p: order[p[0]]):
+    for source, dsts, rule in sorted(_pairings(plan), key=lambda p: order[_first_part(plan, p[0])]):
         _add_pair(plan, source, dsts, rule)
-    used = {p.source for p in plan.pairs}
+    used = {n for p in plan.pairs for n in p.parts}
     filled = {d for p in plan.pairs for d in p.destinations}
     plan.unused = [n for n in src.layers if n not in used and n not in plan.skipped]
     plan.uncovered = [n for n in dst.layers if n not in filled and n not in plan.kept]
@@ -132,8 +139,12 @@ def _norm(name: str) -> str:
 def _pairings(plan: Plan) -> list[tuple[str, list[str], str]]:
     m, src, dst = plan.mapping, plan.src, plan.dst
     out = [(s, e.value, f"explicit (map line {e.line})" if e.line else "explicit") for s, e in m.layers.items()]
-    taken_src = set(m.layers) | set(plan.skipped)
-    taken_dst = {d for e in m.layers.values() for d in e.value} | set(plan.kept)
+    for dst_name, e in m.merge.items():
+        merged = adapters.MergedLayer([src[n] for n in e.value])
+        plan.merged[merged.name] = merged
+        out.append((merged.name, [dst_name], f"merged (map line {e.line})" if e.line else "merged"))
+    taken_src = set(m.layers) | set(plan.skipped) | {n for e in m.merge.values() for n in e.value}
+    taken_dst = {d for e in m.layers.values() for d in e.value} | set(m.merge) | set(plan.kept)
     if m.match == "name":
         by_name = {_norm(n): n for n in dst.layers if n not in taken_dst}
         for name in src.layers:
@@ -181,15 +192,21 @@ def align_by_shape(plan: Plan, src_names: list[str], dst_names: list[str]) -> li
     return pairs
 
 
+def _first_part(plan: Plan, name: str) -> str:
+    """A source layer's name, or for the virtual layer of a `merge` its first part's."""
+    merged = plan.merged.get(name)
+    return merged.parts[0].name if merged is not None else name
+
+
 def _add_pair(plan: Plan, source: str, dsts: list[str], rule: str) -> None:
-    src_layer = plan.src[source]
+    src_layer = plan.source_layer(source)
     dst_layers = [plan.dst[d] for d in dsts]
     if len(dst_layers) == 1 and not _kinds_agree(src_layer, dst_layers[0]):
         _mismatch(plan, f"{source} ({src_layer.kind}) -> {dsts[0]} ({dst_layers[0].kind}): layer kinds differ")
         return
     options = {"flatten": plan.mapping.flatten[source].value} if source in plan.mapping.flatten else {}
     feeds = adapters.feed(src_layer, dst_layers, options)
-    pair = Pair(source, dsts, rule)
+    pair = Pair(source, dsts, rule, parts=[p.name for p in getattr(src_layer, "parts", [src_layer])])
     for dst_layer in dst_layers:
         for role, dst_param in dst_layer.params.items():
             fed = feeds.get((dst_layer.name, role))
@@ -214,7 +231,7 @@ COMPATIBLE = ({"depthwise_conv2d", "conv2d"},)
 
 
 def _kinds_agree(a: Layer, b: Layer) -> bool:
-    return a.kind == b.kind or "unknown" in (a.kind, b.kind) or {a.kind, b.kind} in COMPATIBLE
+    return a.kind == b.kind or bool({"unknown", "merged"} & {a.kind, b.kind}) or {a.kind, b.kind} in COMPATIBLE
 
 
 def _mismatch(plan: Plan, problem: str) -> None:

@@ -50,6 +50,10 @@ def test_a_full_map_loads(tmp_path):
     ("flatten:\n  fc: {order: HWC}\n", r"map.yaml:2: flatten: 'fc' takes only"),
     ("- a\n- b\n", r"map.yaml:1: the map must be a mapping"),
     ("layers: [\n", r"map.yaml:2: not valid YAML"),
+    ("merge:\n  mha: q_proj\n", r"map.yaml:2: merge: 'mha' needs a list of two or more source layers"),
+    ("layers:\n  a: mha\nmerge:\n  mha: [q, k]\n", r"map.yaml:4: merge: destination 'mha' is also named under layers"),
+    ("layers:\n  q: x\nmerge:\n  mha: [q, k]\n", r"map.yaml:4: merge: source 'q' is already paired \(layers\)"),
+    ("merge:\n  a: [q, k]\n  b: [k, v]\n", r"map.yaml:3: merge: source 'k' is already paired \(a\)"),
 ])
 def test_structural_errors_name_the_line(tmp_path, text, problem):
     with pytest.raises(MapError, match=problem):
@@ -63,6 +67,8 @@ def test_structural_errors_name_the_line(tmp_path, text, problem):
     ("keep:\n  - nope\n", r"map.yaml:2: keep: 'nope' matches no destination layer"),
     ("freeze:\n  - head\n  - body.*\n", r"map.yaml:3: freeze: 'body.\*' matches no destination layer"),
     ("flatten:\n  fc2: {shape: [1, 2, 3]}\n", r"map.yaml:2: flatten: source layer 'fc2' does not exist"),
+    ("merge:\n  head: [conv1, fc9]\n", r"map.yaml:2: merge: source layer 'fc9' does not exist"),
+    ("merge:\n  tail: [conv1, fc1]\n", r"map.yaml:2: merge: destination layer 'tail' does not exist"),
 ])
 def test_names_are_checked_against_the_graphs(tmp_path, text, problem):
     m = load_map(_map(tmp_path, text))

@@ -130,3 +130,16 @@ def test_plan_to_yaml_round_trips_through_the_map_loader(tmp_path):
     again = surgery.plan(graph(**SRC), graph(**SRC), path)
     assert [(p.source, p.destinations) for p in again.pairs] == [(p.source, p.destinations) for p in plan.pairs]
     assert "# name" in plan.to_yaml()
+
+
+def test_merge_pairs_several_sources_with_one_destination():
+    src = graph(**{"q.weight": (4, 4), "k.weight": (4, 4), "v.weight": (4, 4), "o.weight": (4, 4), "o.bias": (4,),
+                   "extra.weight": (2, 2)})
+    dst = graph(**{"mha.in_proj_weight": (12, 4), "mha.out_proj.weight": (4, 4), "mha.out_proj.bias": (4,)})
+    result = surgery.transplant(src, dst, {"merge": {"mha": ["q", "k", "v", "o"]}, "skip": ["extra"]}, strict=True)
+    pair = result.plan.pairs[0]
+    assert pair.source == "q+k+v+o" and pair.parts == ["q", "k", "v", "o"] and pair.rule == "merged"
+    fused = result.graph.state()["mha.in_proj_weight"].read()
+    state = src.state()
+    assert np.array_equal(fused, np.concatenate([state[f"{n}.weight"].read() for n in "qkv"]))
+    assert {t.destination: t.sources for t in pair.tensors}["mha.in_proj_weight"] == ("q.weight", "k.weight", "v.weight")

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import surgery
 from surgery import adapters, keras_layers as K
 from surgery.errors import PlanError
-from surgery.graph import Layer, Param
+from surgery.graph import Layer, LayerGraph, Param
 
 from .conftest import assert_close
 
@@ -93,17 +94,14 @@ def test_rule4_separable_into_two_convs_and_back(keras, torch, rng):
     with torch.no_grad():
         out_t = nhwc(pw(dw(torch.from_numpy(nchw(x)))))
     assert_close(np.asarray(sep(x)), out_t, what="separable -> two convs")
-    # Back: each torch conv feeds its half of the separable layer (the depthwise bias is zero).
+    # Back, through the plan: the map merges the two torch convs into the separable layer.
     for v in sep.weights:
         v.assign(np.zeros(v.shape, "float32"))
-    dst = canonical_of_keras(sep)
-    params = dict(dst.params)
-    for module, name in ((dw, "dw"), (pw, "pw")):
-        for (_, role), fed in adapters.feed(canonical_of_torch(module, name), [dst]).items():
-            params[role] = fed.param
-    native = K.to_native(Layer(dst.name, dst.kind, params, dst.attrs), "SeparableConv2D", sep.get_config())
-    for v in sep.weights:
-        v.assign(native[K.var_name(v.path)].read())
+    kmodel = keras.Sequential([keras.Input((6, 6, 3)), sep])
+    src = LayerGraph([canonical_of_torch(dw, "dw"), canonical_of_torch(pw, "pw")])
+    result = surgery.load_into(kmodel, src, mapping={"merge": {sep.name: ["dw", "pw"]}})
+    assert result.plan.pairs[0].parts == ["dw", "pw"] and result.plan.unused == []
+    assert any("dw.bias: has no destination" in w for w in result.plan.warnings)  # zero here, so harmless
     assert_close(np.asarray(sep(x)), out_t, what="two convs -> separable")
 
 
@@ -198,6 +196,26 @@ def test_rule10_attention_separate_linears(keras, torch, rng):
         att = torch.nn.functional.scaled_dot_product_attention(split(linears[0](t)), split(linears[1](t)), split(linears[2](t)))
         out_t = linears[3](att.transpose(1, 2).reshape(2, 5, 8)).numpy()
     assert_close(np.asarray(mha(x, x)), out_t, what="keras -> q/k/v/o linears")
+
+
+def test_rule10_four_linears_into_keras_attention(keras, torch, rng):
+    """q/k/v/o linears (a Hugging Face style block) merged into one Keras MultiHeadAttention by the map."""
+    x, mha = _mha_pair(keras, torch, rng)
+    linears = {n: torch.nn.Linear(8, 8) for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    t = torch.from_numpy(x)
+    split = lambda a: a.view(2, 5, 2, 4).transpose(1, 2)  # noqa: E731  (batch, heads, seq, head_dim)
+    with torch.no_grad():
+        q, k, v = (split(linears[n](t)) for n in ("q_proj", "k_proj", "v_proj"))
+        att = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        out_t = linears["o_proj"](att.transpose(1, 2).reshape(2, 5, 8)).numpy()
+    inp = keras.Input((5, 8))
+    kmodel = keras.Model(inp, mha(inp, inp))
+    src = LayerGraph([canonical_of_torch(m, f"attn.{n}") for n, m in linears.items()])
+    merge = {mha.name: [f"attn.{n}" for n in linears]}
+    result = surgery.load_into(kmodel, src, mapping={"merge": merge}, strict=True)
+    transforms = {t.destination: t.transform for p in result.plan.pairs for t in p.tensors}
+    assert transforms[f"{mha.name}.in_proj_weight"] == "q, k, v weights -> in_proj_weight"
+    assert_close(np.asarray(kmodel(x)), out_t, what="q/k/v/o linears -> keras attention")
 
 
 def _flatten_nets(keras, torch, permute: bool):
