@@ -162,7 +162,7 @@ def to_tensor(arr: np.ndarray) -> Any:
 
 
 def write(graph: LayerGraph, path: str, **_: Any) -> None:
-    """``torch.save`` the graph's tensors, tied tensors as one storage.
+    """Write the graph as ``torch.save`` would, one tensor in memory at a time; tied tensors as one storage.
 
     A graph read from a wrapped checkpoint or with a stripped prefix is written
     back the same way: the other entries (optimizer, epoch...) of the original
@@ -170,21 +170,24 @@ def write(graph: LayerGraph, path: str, **_: Any) -> None:
     """
     import torch
 
+    from . import _torch_stream
+
     state: dict[str, Any] = {}
     made: dict = {}
+    fill: dict[int, Param] = {}
     prefix = graph.meta.get("prefix", "") if graph.format == "torch" else ""
     for key, param in graph.tensors():
         if param.ident is not None and param.ident in made:
             state[prefix + key] = made[param.ident]
             continue
-        tensor = to_tensor(param.read())
+        placeholder = torch.empty(param.shape, dtype=getattr(torch, param.dtype))  # pages never touched
+        fill[placeholder.untyped_storage()._cdata] = param
         if param.ident is not None:
-            made[param.ident] = tensor
-        state[prefix + key] = tensor
+            made[param.ident] = placeholder
+        state[prefix + key] = placeholder
     wrapper = graph.meta.get("wrapper") if graph.format == "torch" else None
+    obj: Any = state
     if wrapper and graph.path:
-        container = torch.load(graph.path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(graph.path))
-        container[wrapper] = state
-        torch.save(container, path)
-    else:
-        torch.save(state, path)
+        obj = torch.load(graph.path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(graph.path))
+        obj[wrapper] = state
+    _torch_stream.save(obj, path, fill)

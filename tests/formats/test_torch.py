@@ -86,3 +86,18 @@ def test_tied_tensors_written_as_one_storage(tmp_path):
     surgery.save(surgery.load(TORCH / "tied.safetensors"), out)
     back = torch.load(out, weights_only=True)
     assert back["lm_head.weight"].untyped_storage().data_ptr() == back["embed.weight"].untyped_storage().data_ptr()
+
+
+def test_written_archive_is_a_valid_zip_with_crcs(tmp_path):
+    import zipfile
+
+    original = torch.load(TORCH / "cnn_source.pt", weights_only=True)
+    wrapped = tmp_path / "wrapped.pt"  # the wrapper holds tensors of its own, which must be written too
+    torch.save({"state_dict": original, "ema": {"decay": torch.tensor(0.999)}, "step": torch.arange(3)}, wrapped)
+    out = tmp_path / "out.pt"
+    surgery.save(surgery.load(wrapped), out)
+    with zipfile.ZipFile(out) as z:
+        assert z.testzip() is None  # every record's CRC-32 matches its bytes
+    back = torch.load(out, weights_only=True, mmap=True)
+    assert_same_as_torch(surgery.load(out).state(), original)
+    assert torch.equal(back["ema"]["decay"], torch.tensor(0.999)) and torch.equal(back["step"], torch.arange(3))
