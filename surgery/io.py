@@ -7,9 +7,11 @@ import hashlib
 import os
 import sys
 import tempfile
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
-from .errors import SurgeryError
+import numpy as np
+
+from .errors import FormatError, SurgeryError
 
 _CHUNK = 1 << 20
 
@@ -87,3 +89,23 @@ def progress(total: int, *, desc: str, unit: str = "B", quiet: bool = False):
 
     disable = quiet or not sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=disable, file=sys.stderr, leave=False)
+
+
+def span_loader(path: str, offset: int, nbytes: int, np_dtype: np.dtype,
+                shape: Sequence[int]) -> Callable[[], np.ndarray]:
+    """A loader that reads one tensor's bytes from a file span into a fresh buffer.
+
+    A plain read keeps peak memory at one tensor: pages of a long-lived mmap
+    would count towards the process's resident size until unmapped. Used for
+    safetensors and for the records of a PyTorch zip checkpoint.
+    """
+    def load() -> np.ndarray:
+        buf = np.empty(nbytes, dtype=np.uint8)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            got = f.readinto(memoryview(buf))
+        if got != nbytes:
+            raise FormatError(f"{path}: file ended after {got} of {nbytes} bytes of a tensor (truncated?)")
+        return buf.view(np_dtype).reshape(shape)
+
+    return load

@@ -35,7 +35,7 @@ def save(obj: Any, path: str, fill: dict[int, Param]) -> None:
     order = _storage_order(obj)
     with torch.serialization.skip_data():
         torch.save(obj, path)
-    spans = _data_records(path)
+    spans = data_records(path)
     if len(spans) != len(order):
         raise SurgeryError(f"{path}: torch wrote {len(spans)} storages, expected {len(order)}")
     crcs = {}
@@ -69,7 +69,7 @@ def _storage_order(obj: Any) -> list[tuple[int, Any]]:
     return list(seen.items())
 
 
-def _data_records(path: str) -> list[tuple[int, int, str]]:
+def data_records(path: str) -> list[tuple[int, int, str]]:
     """``(data offset, size, name)`` of the ``*/data/N`` records, by N."""
     found = {}
     with zipfile.ZipFile(path) as z, open(path, "rb") as f:

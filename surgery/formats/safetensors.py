@@ -20,6 +20,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import fail
 from ..graph import LayerGraph, Param
+from ..io import span_loader
 
 SUFFIXES = (".safetensors",)
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -113,28 +114,10 @@ def _read_file(path: str) -> tuple[dict[str, Param], dict[str, str]]:
         dtype = dtypes.BY_SAFETENSORS[entry["dtype"]]
         begin, end = entry["data_offsets"]
         params[name] = Param(
-            entry["shape"], dtype.name, _loader(path, start + begin, end - begin, dtype.numpy, entry["shape"]),
+            entry["shape"], dtype.name, span_loader(path, start + begin, end - begin, dtype.numpy, entry["shape"]),
             key=name, ident=(os.path.realpath(path), begin),
         )
     return params, metadata
-
-
-def _loader(path: str, offset: int, nbytes: int, np_dtype: np.dtype, shape: list[int]):
-    """Read one tensor with a positioned read into a fresh buffer.
-
-    A plain read keeps peak memory at one tensor: pages of a long-lived mmap
-    would count towards the process's resident size until unmapped.
-    """
-    def load() -> np.ndarray:
-        buf = np.empty(nbytes, dtype=np.uint8)
-        with open(path, "rb") as f:
-            f.seek(offset)
-            got = f.readinto(memoryview(buf))
-        if got != nbytes:
-            raise fail(path, f"file ended after {got} of {nbytes} bytes of a tensor (truncated?)")
-        return buf.view(np_dtype).reshape(shape)
-
-    return load
 
 
 def _read_index(path: str) -> tuple[dict[str, Param], dict[str, str]]:

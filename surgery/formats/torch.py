@@ -20,6 +20,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import UnsafePickleError, fail
 from ..graph import LayerGraph, Param
+from ..io import span_loader
 
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_ema", "ema")
@@ -57,9 +58,8 @@ def read(path: str, *, unsafe_pickle: bool = False, **_: Any) -> LayerGraph:
         notes.append(f"stripped the {prefix!r} prefix from every key (DDP / torch.compile); it is put back on write")
     if skipped:
         notes.append(f"{len(skipped)} non-tensor entries ignored: {', '.join(skipped[:5])}")
-    params = {}
-    for key, tensor in state.items():
-        params[key] = _param(key, tensor)
+    spans = _file_spans(path, state) if zipfile.is_zipfile(path) else {}
+    params = {key: _param(key, tensor, path, spans.get(key)) for key, tensor in state.items()}
     graph = LayerGraph.from_params(params, path=path, format="torch")
     graph.meta.update(wrapper=wrapper, prefix=prefix)
     graph.notes.extend(notes + _tied_notes(params))
@@ -122,12 +122,39 @@ def _clean(state: Mapping) -> tuple[dict, str, list[str]]:
     return tensors, stripped, skipped
 
 
-def _param(key: str, tensor: Any) -> Param:
+def _param(key: str, tensor: Any, path: str, offset: int | None) -> Param:
     dtype = str(tensor.dtype).removeprefix("torch.")
-    dtypes.get(dtype)
+    row = dtypes.get(dtype)
     storage = tensor.untyped_storage()
     ident = (storage.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
-    return Param(tensor.shape, dtype, lambda: to_numpy(tensor), key=key, ident=ident)
+    if offset is None:
+        load = lambda: to_numpy(tensor)  # noqa: E731
+    else:
+        load = span_loader(path, offset, tensor.numel() * row.numpy.itemsize, row.numpy, tuple(tensor.shape))
+    return Param(tensor.shape, dtype, load, key=key, ident=ident)
+
+
+def _file_spans(path: str, tensors: Mapping[str, Any]) -> dict[str, int]:
+    """Where each contiguous tensor's bytes start in a zip checkpoint, so they are read without the mmap.
+
+    ``torch.load(mmap=True)`` maps the whole file once; each storage is a slice of
+    that mapping at its record's offset. Reading through the mapping would leave
+    every page resident; a positioned read per tensor keeps memory at one tensor.
+    Where the mapping cannot be matched to the records, tensors are read through it.
+    """
+    from ._torch_stream import data_records
+
+    offsets = {offset for offset, _, _ in data_records(path)}
+    ptrs = {k: t.untyped_storage().data_ptr() for k, t in tensors.items() if t.untyped_storage().nbytes()}
+    if not ptrs or not offsets:
+        return {}
+    bases = {next(iter(ptrs.values())) - offset for offset in offsets}
+    bases = {b for b in bases if all(p - b in offsets for p in ptrs.values())}
+    if len(bases) != 1:
+        return {}
+    base = bases.pop()
+    return {k: ptrs[k] - base + t.storage_offset() * t.element_size()
+            for k, t in tensors.items() if k in ptrs and t.is_contiguous()}
 
 
 def _tied_notes(params: dict[str, Param]) -> list[str]:

@@ -6,7 +6,7 @@ import torch
 import surgery
 from surgery.errors import FormatError, UnsafePickleError
 from surgery.formats import torch as torch_format
-from tests.conftest import TORCH, assert_same_as_torch
+from tests.conftest import TORCH, assert_same_as_torch, raw
 
 
 @pytest.mark.parametrize("name", ["cnn_source.pt", "zoo.pt", "legacy.pt", "low_precision.pt", "tied.pt"])
@@ -101,3 +101,15 @@ def test_written_archive_is_a_valid_zip_with_crcs(tmp_path):
     back = torch.load(out, weights_only=True, mmap=True)
     assert_same_as_torch(surgery.load(out).state(), original)
     assert torch.equal(back["ema"]["decay"], torch.tensor(0.999)) and torch.equal(back["step"], torch.arange(3))
+
+
+@pytest.mark.parametrize("name", ["cnn_source.pt", "wrapped.pt", "tied.pt", "low_precision.pt"])
+def test_zip_checkpoints_are_read_by_file_span_not_through_the_mapping(name):
+    # Every tensor gets a file offset, so reading it never makes the memory-mapped pages resident.
+    state, _ = torch_format._find_state(name, torch_format._load(str(TORCH / name), False))
+    spans = torch_format._file_spans(str(TORCH / name), state)
+    assert set(spans) == set(state)
+    with open(TORCH / name, "rb") as f:
+        for key, tensor in state.items():
+            f.seek(spans[key])
+            assert f.read(tensor.nbytes) == raw(torch_format.to_numpy(tensor)).tobytes(), key
