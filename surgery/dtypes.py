@@ -94,6 +94,8 @@ def nonfinite(arr: np.ndarray) -> tuple[int, int]:
     for start in range(0, flat.size, _CHUNK):
         part = flat[start:start + _CHUNK]
         part = part if part.dtype.kind in "fc" else part.astype(np.float32)
+        if np.isfinite(part).all():  # the common case: one pass, no counting
+            continue
         nan += int(np.count_nonzero(np.isnan(part)))
         inf += int(np.count_nonzero(np.isinf(part)))
     return nan, inf
