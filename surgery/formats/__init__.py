@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import zipfile
 from types import ModuleType
 from typing import Any
 
@@ -38,6 +39,21 @@ FORMATS: dict[str, str] = {
     "folder": "surgery.formats.folder",
     "onnx": "surgery.formats.onnx",
 }
+
+
+def zip_names(path: str) -> list[str] | None:
+    """The member names of a zip file, or None when ``path`` is not a readable zip.
+
+    For sniffing: a damaged archive raises anything from ``BadZipFile`` to
+    ``UnicodeDecodeError`` in ``zipfile``; here any of them just means "not this format".
+    """
+    if not os.path.isfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except Exception:  # noqa: BLE001 - a sniff must never fail, whatever the damage
+        return None
 
 
 def module(name: str) -> ModuleType:

@@ -14,11 +14,10 @@ in place and the program saved again with ``torch.export.save``.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from typing import Any
 
-from . import template_of
+from . import template_of, zip_names
 from ..errors import fail
 from ..graph import Layer, LayerGraph
 from ..kinds import infer_kind, split_key
@@ -38,15 +37,17 @@ OP_ATTRS: dict[str, dict[str, tuple[int, Any]]] = {
 
 def sniff(path: str) -> bool:
     """A zip holding ``<name>/archive_format`` = ``pt2`` and a ``<name>/models/`` folder."""
-    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
+    names = zip_names(path)
+    if names is None:
+        return False
+    fmt = [n for n in names if n.count("/") == 1 and n.endswith("/archive_format")]
+    has_models = any(n.split("/")[1:2] == ["models"] for n in names)
+    if not (fmt and has_models):
         return False
     try:
         with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-            fmt = [n for n in names if n.count("/") == 1 and n.endswith("/archive_format")]
-            has_models = any(n.split("/")[1:2] == ["models"] for n in names)
-            return bool(fmt) and has_models and z.read(fmt[0]).strip() == b"pt2"
-    except (zipfile.BadZipFile, OSError, KeyError):
+            return z.read(fmt[0]).strip() == b"pt2"
+    except Exception:  # noqa: BLE001 - a damaged member: not this format
         return False
 
 

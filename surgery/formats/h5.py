@@ -94,7 +94,7 @@ def read(path: str, *, config: dict | None = None, opener: Callable[[], Any] | N
             layers = [_to_layer(f, e, path, opener) for e in entries]
     except SurgeryError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # h5py: RuntimeError for damaged structure
         raise fail(path, f"not a readable Keras HDF5 file ({type(e).__name__}: {e})") from None
     graph = LayerGraph(layers, path=path, format="h5",
                        meta={"h5": {"layout": layout, "entries": {e.name: e for e in entries}}})
@@ -247,8 +247,11 @@ def _param(ds: Any, ds_path: str, path: str, opener: Callable[[], Any]) -> Param
     dtype = _dtype(ds, ds_path, path)
 
     def load() -> np.ndarray:
-        with opener() as f:
-            arr = f[ds_path][()]
+        try:
+            with opener() as f:
+                arr = f[ds_path][()]
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            raise fail(path, f"cannot read dataset {ds_path} ({type(e).__name__}: {e})") from None
         return np.asarray(arr).view(dtypes.get(dtype).numpy) if dtype == "bfloat16" else np.asarray(arr)
 
     return Param(ds.shape, dtype, load, key=ds_path)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from . import template_of
+from . import template_of, zip_names
 from ..errors import fail
 from ..graph import LayerGraph
 
@@ -181,13 +181,7 @@ def _flatten_order(flat: Spec, siblings: dict, ordered: list[Spec]) -> dict | st
 
 def sniff(path: str) -> bool:
     """A zip holding ``config.json`` and ``model.weights.h5``."""
-    if not (os.path.isfile(path) and zipfile.is_zipfile(path)):
-        return False
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+    names = set(zip_names(path) or ())
     return "config.json" in names and (_WEIGHTS in names or path.lower().endswith(SUFFIXES))
 
 
@@ -199,7 +193,7 @@ def read_config(path: str) -> tuple[dict, dict]:
             metadata = json.loads(z.read("metadata.json")) if "metadata.json" in z.namelist() else {}
             if _WEIGHTS not in z.namelist():
                 raise fail(path, f"no {_WEIGHTS} in the archive (sharded Keras weights are not supported)")
-    except (zipfile.BadZipFile, OSError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError) as e:  # ValueError covers bad JSON and damaged members
         raise fail(path, f"not a readable .keras zip ({e})") from None
     except KeyError:
         raise fail(path, "a .keras archive without config.json") from None
@@ -214,8 +208,11 @@ def read_config(path: str) -> tuple[dict, dict]:
 def _weights_in_zip(path: str) -> Iterator[Any]:
     import h5py
 
-    with zipfile.ZipFile(path) as z, z.open(_WEIGHTS) as member, h5py.File(member, "r") as f:
-        yield f
+    try:
+        with zipfile.ZipFile(path) as z, z.open(_WEIGHTS) as member, h5py.File(member, "r") as f:
+            yield f
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError, EOFError) as e:  # a damaged member or HDF5
+        raise fail(path, f"damaged archive: {e}") from None
 
 
 def read(path: str, **options: Any) -> LayerGraph:

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import UnsafePickleError, fail
+from . import zip_names
 from ..graph import LayerGraph, Param
 from ..io import span_loader
 
@@ -32,12 +33,8 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 def sniff(path: str) -> bool:
     if os.path.isdir(path):
         return False
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return path.lower().endswith(SUFFIXES)
+    names = zip_names(path)
+    if names is not None:
         has_pickle = any(n.endswith("/data.pkl") or n == "data.pkl" for n in names)
         is_other = any("/code/" in n or n.startswith("code/") or n == "config.json" for n in names)
         return has_pickle and not is_other

@@ -14,12 +14,10 @@ the result is the same program with new weights.
 
 from __future__ import annotations
 
-import os
 import warnings
-import zipfile
 from typing import Any, Iterable
 
-from . import template_of
+from . import template_of, zip_names
 from ..errors import fail
 from ..graph import Layer, LayerGraph, Param
 from ..kinds import infer_kind
@@ -42,13 +40,7 @@ ATTRS = ("eps", "momentum", "groups", "stride", "padding", "dilation", "padding_
 
 def sniff(path: str) -> bool:
     """A zip whose members include ``<name>/code/``: TorchScript's compiled source."""
-    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(_is_code(n) for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+    return any(_is_code(n) for n in zip_names(path) or ())
 
 
 def _is_code(member: str) -> bool:
