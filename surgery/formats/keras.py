@@ -193,11 +193,11 @@ def read_config(path: str) -> tuple[dict, dict]:
             metadata = json.loads(z.read("metadata.json")) if "metadata.json" in z.namelist() else {}
             if _WEIGHTS not in z.namelist():
                 raise fail(path, f"no {_WEIGHTS} in the archive (sharded Keras weights are not supported)")
-    except (zipfile.BadZipFile, OSError, ValueError) as e:  # ValueError covers bad JSON and damaged members
+    except (zipfile.BadZipFile, OSError) as e:
         raise fail(path, f"not a readable .keras zip ({e})") from None
     except KeyError:
         raise fail(path, "a .keras archive without config.json") from None
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise fail(path, f"config.json is not JSON ({e})") from None
     if not isinstance(config, dict) or "config" not in config:
         raise fail(path, "config.json does not describe a Keras model (no 'config' key)")
