@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, dtypes, formats
+from . import __version__, dtypes, formats, settings
 from .errors import SurgeryError
 from .graph import Layer, LayerGraph
 from .io import atomic_path, progress, refuse_overwrite, sha256_file
@@ -75,13 +75,22 @@ def apply_plan(plan: Plan) -> Transplant:
 
 
 def _settings(plan: Plan) -> dict[str, dict[str, Any]]:
-    """Source settings a destination that carries its configuration should take (BatchNorm eps)."""
+    """Source settings a destination that carries its configuration should take (normalisation eps, momentum).
+
+    A destination written as ``.keras`` or a live module gets them; a bare
+    state_dict cannot hold them, and the plan's warnings say so.
+    """
     out = {}
     for pair in plan.pairs:
         src = plan.source_layer(pair.source)
-        for name in pair.destinations:
-            if src.kind in ("batch_norm", "layer_norm") and "eps" in src.attrs and src.attrs["eps"] != plan.dst[name].attrs.get("eps"):
-                out[name] = {"eps": src.attrs["eps"]}
+        if src.kind not in ("batch_norm", "layer_norm"):
+            continue
+        known = {k: v for k, v in src.attrs.items() if k not in src.attrs.get("assumed", ())}
+        for name in pair.destinations:  # set only what the source records: an assumed default is only reported
+            theirs = settings.effective(plan.dst[name])
+            wanted = {k: known[k] for k in ("eps", "momentum") if k in known and known[k] != theirs.get(k)}
+            if wanted:
+                out[name] = wanted
     return out
 
 

@@ -21,6 +21,8 @@ from .errors import SurgeryError
 
 # Buffers that carry no trained value: never paired by shape, never reported as left unfilled.
 BOOKKEEPING = frozenset({"num_batches_tracked"})
+# Kinds that hold the same tensors as another kind: a depthwise conv is a conv with groups == channels.
+KIND_ALIASES = {"depthwise_conv2d": "conv2d"}
 
 
 class Param:
@@ -115,8 +117,15 @@ class Layer:
         return sum(p.numel for p in self.params.values())
 
     def signature(self) -> tuple:
-        """Kind and canonical shapes: what ``match: shape`` compares (bookkeeping buffers left out)."""
-        return (self.kind, tuple((r, p.shape) for r, p in self.params.items() if r not in BOOKKEEPING))
+        """Kind and canonical shapes: what ``match: shape`` compares.
+
+        Bookkeeping buffers are left out; a depthwise conv compares as the grouped
+        conv it is; a BatchNorm compares by its statistics, so one without
+        ``gamma``/``beta`` (Keras ``scale=False``) still pairs with PyTorch's.
+        """
+        kind = KIND_ALIASES.get(self.kind, self.kind)
+        roles = ("running_mean", "running_var") if kind == "batch_norm" else tuple(self.params)
+        return (kind, tuple((r, self.params[r].shape) for r in roles if r in self.params and r not in BOOKKEEPING))
 
 
 class LayerGraph:

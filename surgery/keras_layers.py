@@ -149,6 +149,10 @@ def to_layer(name: str, class_name: str | None, variables: dict[str, Param], con
     """
     cls = class_name or infer_class(variables)
     attrs = attrs_of(cls, config)
+    if (cls in ("BatchNormalization", "LayerNormalization") and not {"scale", "center"} & set(config or {})
+            and not {"gamma", "beta"} <= set(variables)):
+        # Without a config, which of gamma/beta a 3-variable layer lacks is a guess (see formats.h5).
+        attrs.setdefault("assumed", []).append("scale=False" if "beta" in variables else "center=False")
     if cls == "GRU" and "reset_after" not in attrs and "bias" in variables:
         attrs["reset_after"] = len(variables["bias"].shape) == 2   # two bias rows <=> reset_after
     reader = _READERS.get(cls or "")

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import adapters, layouts, settings
 from .errors import PlanError
-from .graph import BOOKKEEPING, Layer, LayerGraph, Param
+from .graph import BOOKKEEPING, KIND_ALIASES, Layer, LayerGraph, Param
 from .mapping import Mapping, load_map
 
 
@@ -119,6 +119,7 @@ def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: 
     filled = {d for p in plan.pairs for d in p.destinations}
     plan.unused = [n for n in src.layers if n not in used and n not in plan.skipped]
     plan.uncovered = [n for n in dst.layers if n not in filled and n not in plan.kept]
+    plan.warnings.extend(_flatten_unknown(plan))
     globs = [e.value for e in m.freeze] + list(freeze)
     plan.frozen = [n for n, layer in dst.layers.items() if layer.frozen or any(fnmatch.fnmatchcase(n, g) for g in globs)]
     for g in freeze:
@@ -226,12 +227,9 @@ def _add_pair(plan: Plan, source: str, dsts: list[str], rule: str) -> None:
         plan.pairs.append(pair)
 
 
-# Kinds that hold the same tensors: a depthwise conv is a conv with groups == channels.
-COMPATIBLE = ({"depthwise_conv2d", "conv2d"},)
-
-
 def _kinds_agree(a: Layer, b: Layer) -> bool:
-    return a.kind == b.kind or bool({"unknown", "merged"} & {a.kind, b.kind}) or {a.kind, b.kind} in COMPATIBLE
+    same = KIND_ALIASES.get(a.kind, a.kind) == KIND_ALIASES.get(b.kind, b.kind)
+    return same or bool({"unknown", "merged"} & {a.kind, b.kind})
 
 
 def _mismatch(plan: Plan, problem: str) -> None:
@@ -267,3 +265,40 @@ def _pasted(src: Param, dst: Param) -> Param:
         return out
 
     return Param(dst.shape, dst.dtype, load, key=src.key)
+
+
+CONV_KINDS = ("conv1d", "conv2d", "conv3d", "conv_transpose", "depthwise_conv2d", "separable_conv1d",
+              "separable_conv2d")
+
+
+def _flatten_unknown(plan: Plan) -> list[str]:
+    """Dense pairs that may follow a channels-last Flatten where no file says whether they do.
+
+    A Keras file without a config (``.weights.h5``, a TF checkpoint) cannot tell;
+    a dense layer right after convolutions there is reported, never guessed.
+    """
+    out = []
+    for pair in plan.pairs:
+        src = plan.source_layer(pair.source)
+        for dst in (plan.dst[name] for name in pair.destinations):
+            if src.kind != "dense" or dst.kind != "dense" or pair.source in plan.mapping.flatten:
+                continue
+            if "flatten" in src.attrs or "flatten" in dst.attrs:
+                continue
+            keras = [(g, l) for g, l in ((plan.src, src), (plan.dst, dst)) if "keras_class" in l.attrs]
+            if len(keras) == 1 and "keras_config" not in keras[0][0].meta and _maybe_after_flatten(*keras[0]):
+                out.append(f"{src.name} -> {dst.name}: the file records no architecture, so whether a Flatten of a "
+                           "channels-last feature map feeds this dense layer is unknown; if one does, its rows need "
+                           f"reordering: give `flatten: {{{src.name}: {{shape: [H, W, C], source_order: HWC}}}}` in the map")
+    return out
+
+
+def _maybe_after_flatten(graph: LayerGraph, dense: Layer) -> bool:
+    """A dense layer in a network with convolutions whose input is no other dense layer's output.
+
+    Files without an architecture keep no layer order, so order is not used.
+    """
+    if not any(layer.kind in CONV_KINDS for layer in graph):
+        return False
+    inputs = dense.params["weight"].shape[-1]
+    return not any(l.kind == "dense" and l.params["weight"].shape[0] == inputs for l in graph if l is not dense)

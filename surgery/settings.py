@@ -19,27 +19,51 @@ COMPARED = ("eps", "momentum", "groups", "use_bias", "activation", "reset_after"
 # What a PyTorch layer has when its state_dict (which records no settings) is all we know.
 TORCH_DEFAULTS = {"batch_norm": {"eps": 1e-5, "momentum": 0.1}, "layer_norm": {"eps": 1e-5}}
 LINEAR = (None, "linear", "identity")
+# Kinds whose Keras layer applies an activation after its arithmetic, which PyTorch leaves to a separate module.
+FUSES_ACTIVATION = ("dense", "conv1d", "conv2d", "conv3d", "conv_transpose", "depthwise_conv2d",
+                    "separable_conv1d", "separable_conv2d")
+
+
+def effective(layer: Layer) -> dict[str, Any]:
+    """A layer's settings; for a layer from a PyTorch-side file, which records none, PyTorch's defaults."""
+    if "keras_class" in layer.attrs:
+        return layer.attrs
+    return {**TORCH_DEFAULTS.get(layer.kind, {}), **layer.attrs}
 
 
 def warnings(src: Layer, dsts: list[Layer]) -> list[str]:
     """Every setting difference between a source layer and its destination layer(s)."""
-    out = []
+    out = _assumed(src, "source")
+    mine = effective(src)
     for dst in dsts:
-        known = {**TORCH_DEFAULTS.get(dst.kind, {}), **dst.attrs} if dst.kind == src.kind else dst.attrs
+        theirs = effective(dst)
         pair = f"{src.name} -> {dst.name}"
         for key in COMPARED:
-            if key in src.attrs and key in known and src.attrs[key] != known[key]:
-                assumed = " (PyTorch default)" if key not in dst.attrs else ""
-                out.append(f"{pair}: {key} is {src.attrs[key]!r} in the source but {known[key]!r}{assumed} "
-                           "in the destination")
-        out += _fused_activation(pair, src, dst) + _padding(pair, src, dst)
+            if key == "groups" and (len(dsts) > 1 or src.kind.startswith("separable")):
+                continue  # a separable layer's groups belong to its depthwise half only
+            if key in mine and key in theirs and mine[key] != theirs[key]:
+                out.append(f"{pair}: {key} is {mine[key]!r}{_default(src, key)} in the source but "
+                           f"{theirs[key]!r}{_default(dst, key)} in the destination")
+        out += _fused_activation(pair, src, dst) + _padding(pair, src, dst) + _assumed(dst, "destination")
     return out
+
+
+def _default(layer: Layer, key: str) -> str:
+    return " (PyTorch default)" if key not in layer.attrs else ""
+
+
+def _assumed(layer: Layer, side: str) -> list[str]:
+    guessed = layer.attrs.get("assumed")
+    if not guessed:
+        return []
+    values = ", ".join(f"{k}={layer.attrs[k]!r}" if k in layer.attrs else k for k in guessed)
+    return [f"{layer.name}: the {side} file records no config for this layer; assumed Keras defaults: {values}"]
 
 
 def _fused_activation(pair: str, src: Layer, dst: Layer) -> list[str]:
     act = src.attrs.get("activation")
-    if act in LINEAR or "activation" in dst.attrs:
-        return []
+    if act in LINEAR or "activation" in dst.attrs or src.kind not in FUSES_ACTIVATION:
+        return []  # an RNN's activation is part of its cell, in both frameworks
     return [f"{pair}: the source applies activation {act!r} inside the layer; the destination network "
             "must apply it itself after this layer"]
 

@@ -67,11 +67,16 @@ def module(name: str) -> ModuleType:
 def detect(path: str | os.PathLike) -> str:
     """The name of the format of ``path``, by content first, then by suffix."""
     path = os.fspath(path)
-    if not os.path.exists(path) and not os.path.exists(path + ".index"):  # a TF checkpoint is named by prefix
+    if not os.path.exists(path):
+        if os.path.exists(path + ".index"):  # a TF checkpoint named by its prefix
+            return "tf_checkpoint"
         raise FormatError(f"{path}: no such file or folder")
     for name in FORMATS:
-        if module(name).sniff(path):
-            return name
+        try:
+            if module(name).sniff(path):
+                return name
+        except OSError:  # unreadable for this sniff's purposes: not this format
+            continue
     raise FormatError(f"{path}: not a checkpoint surgery can read (known formats: {', '.join(FORMATS)})")
 
 

@@ -168,6 +168,8 @@ def _flatten_order(flat: Spec, siblings: dict, ordered: list[Spec]) -> dict | st
     sizes = dict(zip(letters, base))
     reshaped = False
     for step in reversed(chain):
+        if step.class_name == "Permute" and reshaped:
+            return "a Permute follows a Reshape, so the axes it moves have no names surgery can follow"
         if step.class_name == "Permute":
             letters = "".join(letters[d - 1] for d in step.config.get("dims", []))
         reshaped = reshaped or step.class_name == "Reshape"

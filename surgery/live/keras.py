@@ -52,7 +52,27 @@ def graph_of(model: Any) -> LayerGraph:
                                           {k: _param(v) for k, v in variables.items()}, layer.get_config())
         canonical.frozen = not layer.trainable
         layers.append(canonical)
-    return LayerGraph(layers, path=None, format="live-keras")
+    graph = LayerGraph(layers, path=None, format="live-keras")
+    _apply_config(model, graph)
+    return graph
+
+
+def _apply_config(model: Any, graph: LayerGraph) -> None:
+    """What only the architecture tells (which Dense follows a Flatten, in which order), as for a ``.keras`` file."""
+    import keras
+
+    from ..formats import keras as keras_format
+
+    try:
+        config = keras.saving.serialize_keras_object(model)
+    except Exception as e:  # noqa: BLE001 - a custom layer that cannot serialise: say so, go on without
+        graph.notes.append(f"the model's config could not be read ({type(e).__name__}: {e}); "
+                           "Flatten orders must be given with the map's `flatten:`")
+        return
+    keras_format.apply_config(graph, config)
+    for layer in leaf_layers(model):  # the live flags win over the serialised ones
+        if layer.name in graph:
+            graph[layer.name].frozen = not layer.trainable
 
 
 def _grouped(model: Any, values: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:

@@ -81,9 +81,10 @@ def set_attrs(module: torch.nn.Module, graph: LayerGraph) -> list[str]:
     for layer in graph:
         wanted = layer.attrs.get("set") or {}
         owner = named.get(layer.name)
-        if "eps" in wanted and owner is not None and hasattr(owner, "eps"):
-            owner.eps = float(wanted["eps"])
-            done.append(f"{layer.name}: eps = {owner.eps}")
+        for key in ("eps", "momentum"):  # both in PyTorch's meaning already
+            if key in wanted and owner is not None and hasattr(owner, key):
+                setattr(owner, key, float(wanted[key]))
+                done.append(f"{layer.name}: {key} = {wanted[key]}")
     return done
 
 
