@@ -39,6 +39,8 @@ def group(params: Mapping[str, Param], *, natural_order: bool = False) -> list[L
     _fold_attention_outputs(layers)
     for layer in layers.values():
         layer.kind = infer_kind(layer.name, layer.params)
+        if layer.kind != "unknown":
+            layer.attrs["kind_from"] = "names and ranks"  # a guess a format with a graph would not need
     return list(layers.values())
 
 

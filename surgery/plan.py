@@ -202,7 +202,16 @@ def _first_part(plan: Plan, name: str) -> str:
 def _add_pair(plan: Plan, source: str, dsts: list[str], rule: str) -> None:
     src_layer = plan.source_layer(source)
     dst_layers = [plan.dst[d] for d in dsts]
-    if len(dst_layers) == 1 and not _kinds_agree(src_layer, dst_layers[0]):
+    for layer in (src_layer, *dst_layers):
+        if layer.attrs.get("folded"):
+            _mismatch(plan, f"{source} -> {', '.join(dsts)}: in {layer.name}, {layer.attrs['folded']}, so its weights "
+                            "are not the layer's own; export the ONNX model with the BatchNorm kept "
+                            "(torch.onnx.export(..., optimize=False), or dynamo=False with do_constant_folding=False)")
+            return
+    if len(dst_layers) == 1 and _transposed_guess(src_layer, dst_layers[0]):
+        plan.warnings.append(f"{source} -> {dsts[0]}: one side says conv_transpose, the other was guessed a plain conv "
+                             "from its tensor ranks (a state_dict does not say); paired because the shapes agree")
+    elif len(dst_layers) == 1 and not _kinds_agree(src_layer, dst_layers[0]):
         _mismatch(plan, f"{source} ({src_layer.kind}) -> {dsts[0]} ({dst_layers[0].kind}): layer kinds differ")
         return
     options = {"flatten": plan.mapping.flatten[source].value} if source in plan.mapping.flatten else {}
@@ -225,6 +234,15 @@ def _add_pair(plan: Plan, source: str, dsts: list[str], rule: str) -> None:
     plan.warnings.extend(settings.warnings(src_layer, dst_layers))
     if pair.tensors:
         plan.pairs.append(pair)
+
+
+def _transposed_guess(a: Layer, b: Layer) -> bool:
+    """A conv guessed from ranks on one side, a known transposed conv with the same shapes on the other."""
+    conv = a if b.kind == "conv_transpose" else b
+    other = b if conv is a else a
+    if other.kind != "conv_transpose" or conv.kind not in ("conv1d", "conv2d", "conv3d") or "kind_from" not in conv.attrs:
+        return False
+    return {r: p.shape for r, p in a.params.items()} == {r: p.shape for r, p in b.params.items()}
 
 
 def _kinds_agree(a: Layer, b: Layer) -> bool:

@@ -65,22 +65,22 @@ def reorder(arr: Array, order: tuple[int, ...]) -> Array:
     return np.concatenate([blocks[i] for i in order], axis=0)
 
 
-def rnn_slot(tensor: Any, kind: str, which: str) -> Slot:
-    """An ONNX ``LSTM``/``GRU`` input ``W``, ``R`` or ``B`` as PyTorch's per-direction tensors."""
+def rnn_slot(tensor: Any, kind: str, which: str, layer: int = 0) -> Slot:
+    """An ONNX ``LSTM``/``GRU`` input ``W``, ``R`` or ``B`` as PyTorch's per-direction tensors of ``layer``."""
     order, name = GATES[kind]
     inverse = tuple(int(i) for i in np.argsort(order))
     dims = tuple(tensor.dims)
     dirs = dims[0]
     sfx = ["" if d == 0 else "_reverse" for d in range(dirs)]
     if which in ("W", "R"):
-        role = "weight_ih_l0" if which == "W" else "weight_hh_l0"
+        role = f"weight_ih_l{layer}" if which == "W" else f"weight_hh_l{layer}"
         pieces = tuple(
             Piece(role + sfx[d], dims[1:], name, lambda a, d=d: reorder(a[d], order)) for d in range(dirs)
         )
         return Slot(tensor, pieces, lambda ps: np.stack([reorder(p, inverse) for p in ps]))
     half = dims[1] // 2
     pieces = tuple(
-        Piece(f"bias_{part}_l0{sfx[d]}", (half,), name,
+        Piece(f"bias_{part}_l{layer}{sfx[d]}", (half,), name,
               lambda a, d=d, lo=lo: reorder(a[d, lo:lo + half], order))
         for d in range(dirs) for part, lo in (("ih", 0), ("hh", half))
     )

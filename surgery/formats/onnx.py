@@ -14,6 +14,7 @@ The layout rules are in ``_onnx_layouts``, external data in ``_onnx_external``.
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from ._onnx_layouts import Slot, dense_slot, plain_slot, rnn_slot
 SUFFIXES = (".onnx",)
 
 # torch.onnx.export keeps state_dict names (``features.0.weight``) for initializers.
-_STATE_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)+$")
+_STATE_NAME = re.compile(r"^\w+(\.\w+)+$")  # a top-level nn.Sequential's keys start with a digit
 
 
 def sniff(path: str) -> bool:
@@ -105,18 +106,25 @@ class _Scanner:
         self.inits = {t.name: t for t in model.graph.initializer}
         self.nodes = list(model.graph.node)
         self.claimed: set[str] = set()
+        self.uncarried: set[str] = set()
+        self.owner: dict[str, str] = {}          # initializer -> the layer that claimed it first
         self.specs: list[_Spec] = []
+        self.rnn_stacks: dict[tuple[str, str], tuple[_Spec, list[int]]] = {}
         self.notes: list[str] = []
         self.consumers: dict[str, list[int]] = {}
+        # The legacy exporter stores equal tensors once and feeds the others through Identity nodes.
+        self.alias = {n.output[0]: n.input[0] for n in self.nodes
+                      if n.op_type == "Identity" and n.input and n.input[0] in self.inits}
         for i, node in enumerate(self.nodes):
             for name in node.input:
-                self.consumers.setdefault(name, []).append(i)
+                self.consumers.setdefault(self.alias.get(name, name), []).append(i)
 
     def scan(self) -> list[_Spec]:
         for tensor in self.inits.values():
             self.source.check(tensor)
             if surgery_dtype(tensor) is None:
                 self.claimed.add(tensor.name)  # left in the file untouched
+                self.uncarried.add(tensor.name)
                 self.notes.append(f"initializer {tensor.name!r} of ONNX type {tensor.data_type} is not carried")
         for i, node in enumerate(self.nodes):
             handler = _HANDLERS.get(node.op_type)
@@ -127,19 +135,33 @@ class _Scanner:
         return self.specs
 
     def init(self, node: Any, index: int) -> Any | None:
-        """The unclaimed initializer feeding input ``index`` of ``node``, if any."""
-        if index >= len(node.input) or node.input[index] in self.claimed:
-            return None
-        return self.inits.get(node.input[index])
+        """The initializer feeding input ``index`` of ``node`` (through an Identity), if any.
 
-    def add(self, i: int, node: Any, kind: str, slots: list[Slot], attrs: dict[str, Any]) -> None:
-        name = self._unique(_layer_name(node, slots[0].tensor.name, i))
+        One already claimed by another layer is returned too: exporters store
+        equal tensors once (fresh LayerNorm weights, BatchNorm statistics), and
+        each layer that reads it is still a layer. Its params share one ident.
+        """
+        if index >= len(node.input):
+            return None
+        name = self.alias.get(node.input[index], node.input[index])
+        return None if name in self.uncarried else self.inits.get(name)
+
+    def add(self, i: int, node: Any, kind: str, slots: list[Slot], attrs: dict[str, Any]) -> _Spec:
+        hint = slots[0].tensor.name
+        if hint in self.owner:  # a shared tensor is named for its first reader: name this one by its own input
+            hint = next((n for n in node.input if _STATE_NAME.match(n) and n not in self.inits), "")
+        name = self._unique(_layer_name(node, hint, i))
         spec = _Spec(name, kind, i, attrs)
         for slot in slots:
+            first = self.owner.setdefault(slot.tensor.name, name)
+            if first != name:
+                self.notes.append(f"{name} reads the stored tensor {slot.tensor.name!r} of {first}: the exporter "
+                                  "kept equal values once, so the two can only be written with equal values")
             self.claimed.add(slot.tensor.name)
             for k, piece in enumerate(slot.pieces):
                 spec.roles[piece.role] = (slot, k)
         self.specs.append(spec)
+        return spec
 
     def _unique(self, name: str) -> str:
         taken = {s.name for s in self.specs}
@@ -180,8 +202,28 @@ def _conv(scan: _Scanner, i: int, node: Any) -> None:
         slots.append(plain_slot(bias, "bias"))
     attrs = _attrs(node)
     attrs["groups"] = attrs.pop("group", 1)
+    _mark_folded(node, weight, attrs)
     kind = "conv_transpose" if node.op_type == "ConvTranspose" else f"conv{len(weight.dims) - 2}d"
     scan.add(i, node, kind, slots, attrs)
+
+
+def _mark_folded(node: Any, weight: Any, attrs: dict[str, Any]) -> None:
+    """Say so when the exporter folded a BatchNorm into this layer's weights.
+
+    Then the weights are not the layer's own: copying into or out of them would
+    be silently wrong. The dynamo exporter records the BatchNorm's scope on the
+    node; the legacy one leaves an anonymous ``onnx::Conv_N`` initializer.
+    """
+    meta = {p.key: p.value for p in node.metadata_props}
+    try:
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+    except (ValueError, SyntaxError):
+        scopes = []
+    if isinstance(scopes, list) and scopes and "batch_norm" in str(scopes[-1]):
+        attrs["folded"] = f"the exporter folded BatchNorm {scopes[-2] if len(scopes) > 1 else '?'} into its weights"
+    elif weight.name.startswith("onnx::"):
+        attrs["folded"] = (f"its weights are an exporter-computed constant ({weight.name!r}), "
+                           "typically a BatchNorm folded in")
 
 
 def _gemm(scan: _Scanner, i: int, node: Any) -> None:
@@ -193,6 +235,7 @@ def _gemm(scan: _Scanner, i: int, node: Any) -> None:
     bias = scan.init(node, 2)
     if bias is not None:
         slots.append(plain_slot(bias, "bias"))
+    _mark_folded(node, weight, attrs)
     scan.add(i, node, "dense", slots, attrs)
 
 
@@ -206,7 +249,7 @@ def _matmul(scan: _Scanner, i: int, node: Any) -> None:
     if len(users) == 1 and scan.nodes[users[0]].op_type == "Add":
         add = scan.nodes[users[0]]
         other = [name for name in add.input if name != node.output[0]]
-        bias = scan.inits.get(other[0]) if len(other) == 1 and other[0] not in scan.claimed else None
+        bias = scan.inits.get(scan.alias.get(other[0], other[0])) if len(other) == 1 else None
         if bias is not None and list(bias.dims) == [weight.dims[1]]:
             slots.append(plain_slot(bias, "bias"))
     scan.add(i, node, "dense", slots, {})
@@ -231,11 +274,24 @@ def _rnn(scan: _Scanner, i: int, node: Any) -> None:
     found = {which: scan.init(node, k) for k, which in ((1, "W"), (2, "R"), (3, "B"))}
     if found["W"] is None or found["R"] is None:
         return
-    slots = [rnn_slot(t, kind, which) for which, t in found.items() if t is not None]
+    base = _layer_name(node, found["W"].name, i)
+    stacked = scan.rnn_stacks.get((base, kind))  # a multi-layer nn.LSTM/GRU exports one node per layer
+    depth = len(stacked[1]) if stacked else 0
+    slots = [rnn_slot(t, kind, which, depth) for which, t in found.items() if t is not None]
     if kind == "gru" and not attrs.get("linear_before_reset", 0):
         # PyTorch's GRU applies the reset gate after the hidden projection, which is ONNX's 1.
         scan.notes.append(f"GRU {node.name!r}: linear_before_reset=0, which PyTorch's nn.GRU cannot compute")
-    scan.add(i, node, kind, slots, attrs)
+    if stacked is None:
+        spec = scan.add(i, node, kind, slots, attrs)
+        scan.rnn_stacks[(base, kind)] = (spec, [i])
+        return
+    spec, nodes = stacked
+    nodes.append(i)
+    for slot in slots:
+        scan.claimed.add(slot.tensor.name)
+        for k, piece in enumerate(slot.pieces):
+            spec.roles[piece.role] = (slot, k)
+    spec.attrs["num_layers"] = len(nodes)
 
 
 def _gather(scan: _Scanner, i: int, node: Any) -> None:
@@ -341,6 +397,7 @@ def _natives(graph: LayerGraph, template: str, where: dict[str, tuple[Slot, int]
     new = dict(graph.tensors())
     slots = {id(slot): slot for slot, _ in where.values()}
     keys = {(id(slot), k): key for key, (slot, k) in where.items()}
+    written: dict[str, tuple[str, str]] = {}   # initializer -> (sha256 of what was written, for which key)
     for sid, slot in slots.items():
         if not any(keys[(sid, k)] in new for k in range(len(slot.pieces))):
             continue
@@ -352,7 +409,15 @@ def _natives(graph: LayerGraph, template: str, where: dict[str, tuple[Slot, int]
                 raise fail(template, f"{key}: ONNX initializer {slot.tensor.name!r} needs "
                            f"{surgery_dtype(slot.tensor)}{list(piece.shape)}, got {arr.dtype}{list(arr.shape)}")
             pieces.append(arr)
-        yield slot.tensor.name, np.ascontiguousarray(slot.back(pieces))
+        native = np.ascontiguousarray(slot.back(pieces))
+        digest = hashlib.sha256(native.reshape(-1).view(np.uint8)).hexdigest()
+        first = written.setdefault(slot.tensor.name, (digest, keys[(sid, 0)]))
+        if first[0] != digest:
+            raise fail(template, f"{first[1]} and {keys[(sid, 0)]} are one stored tensor {slot.tensor.name!r} in the "
+                                 "ONNX template (the exporter kept equal values once) but now differ; export the "
+                                 "destination with distinct values, or write a PyTorch or safetensors output")
+        if first[1] == keys[(sid, 0)]:
+            yield slot.tensor.name, native
 
 
 def _replace_internal(tensor: Any, arr: np.ndarray) -> None:

@@ -57,6 +57,7 @@ def graph_of(module: torch.nn.Module) -> LayerGraph:
         owner = modules.get(layer.name)
         if owner is not None and _kind(owner):
             layer.kind = _kind(owner)
+            layer.attrs.pop("kind_from", None)
             layer.attrs.update(_attrs(owner))
         layer.frozen = bool(layer.params) and owner is not None and not any(p.requires_grad for p in owner.parameters())
     return LayerGraph(layers, path=None, format="live-torch")
