@@ -18,7 +18,8 @@ import numpy as np
 
 from . import dtypes, formats
 from .errors import fail
-from .graph import LayerGraph, Param
+from .graph import BOOKKEEPING, LayerGraph, Param
+from .kinds import split_key
 
 
 
@@ -96,12 +97,14 @@ def check(model: str | os.PathLike, *, base: str | os.PathLike, frozen: Sequence
         _check_finite(name, arr, report)
         other = base_params.pop(name, None)
         if other is None:
-            report.problems.append(Problem(name, "extra", f"{_sig(param)} is not in BASE"))
+            if split_key(name)[1] not in BOOKKEEPING:  # a step counter some formats cannot carry (ONNX)
+                report.problems.append(Problem(name, "extra", f"{_sig(param)} is not in BASE"))
         elif _same_signature(name, param, other, report) and name in frozen_names:
             report.frozen_tensors += 1
             _check_bit_equal(name, arr, other, report)
     for name, param in base_params.items():
-        report.problems.append(Problem(name, "missing", f"{_sig(param)} of BASE is not in MODEL"))
+        if split_key(name)[1] not in BOOKKEEPING:
+            report.problems.append(Problem(name, "missing", f"{_sig(param)} of BASE is not in MODEL"))
     return report
 
 

@@ -36,7 +36,7 @@ def group(params: Mapping[str, Param], *, natural_order: bool = False) -> list[L
     for key in names:
         name, role = split_key(key)
         layers.setdefault(name, Layer(name)).params[role] = params[key]
-    _fold_attention_outputs(layers)
+    fold_attention_outputs(layers)
     for layer in layers.values():
         layer.kind = infer_kind(layer.name, layer.params)
         if layer.kind != "unknown":
@@ -44,7 +44,7 @@ def group(params: Mapping[str, Param], *, natural_order: bool = False) -> list[L
     return list(layers.values())
 
 
-def _fold_attention_outputs(layers: dict[str, Layer]) -> None:
+def fold_attention_outputs(layers: dict[str, Layer]) -> None:
     """Make ``attn.out_proj`` part of ``attn`` when ``attn`` has a fused in-projection.
 
     ``nn.MultiheadAttention`` keeps its output projection as a child module;

@@ -20,7 +20,7 @@ from typing import Any
 from . import template_of, zip_names
 from ..errors import fail
 from ..graph import Layer, LayerGraph
-from ..kinds import infer_kind, split_key
+from ..kinds import fold_attention_outputs, infer_kind, split_key
 from .torchscript import MODULE_KINDS, replace_tensors, tensor_param, tied_notes
 
 SUFFIXES = (".pt2",)
@@ -125,6 +125,7 @@ def read(path: str, **options: Any) -> LayerGraph:
             layer.kind = MODULE_KINDS.get(cls, layer.kind)
             layer.attrs.update(attrs)
         order[name] = min(order.get(name, index), index)
+    fold_attention_outputs(layers)
     weights = _weights(program)
     for layer in layers.values():
         if layer.kind == "unknown":

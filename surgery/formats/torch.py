@@ -36,7 +36,9 @@ def sniff(path: str) -> bool:
     names = zip_names(path)
     if names is not None:
         has_pickle = any(n.endswith("/data.pkl") or n == "data.pkl" for n in names)
-        is_other = any("/code/" in n or n.startswith("code/") or n == "config.json" for n in names)
+        from .torchscript import is_code_member
+
+        is_other = any(is_code_member(n) or n == "config.json" for n in names)
         return has_pickle and not is_other
     with open(path, "rb") as f:
         head = f.read(len(_LEGACY_MAGIC))

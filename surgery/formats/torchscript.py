@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from . import template_of, zip_names
 from ..errors import fail
 from ..graph import Layer, LayerGraph, Param
-from ..kinds import infer_kind
+from ..kinds import fold_attention_outputs, infer_kind
 
 SUFFIXES = (".ts", ".torchscript")
 
@@ -40,10 +40,11 @@ ATTRS = ("eps", "momentum", "groups", "stride", "padding", "dilation", "padding_
 
 def sniff(path: str) -> bool:
     """A zip whose members include ``<name>/code/``: TorchScript's compiled source."""
-    return any(_is_code(n) for n in zip_names(path) or ())
+    return any(is_code_member(n) for n in zip_names(path) or ())
 
 
-def _is_code(member: str) -> bool:
+def is_code_member(member: str) -> bool:
+    """``<archive>/code/...``: TorchScript's compiled source (a ``torch.save`` of ``code.pt`` has ``code/data.pkl``)."""
     parts = member.split("/")
     return len(parts) >= 3 and parts[1] == "code"
 
@@ -91,7 +92,9 @@ def layers_of_modules(named_modules: Iterable[tuple[str, Any]], class_name) -> l
         attrs = {a: _plain(getattr(mod, a)) for a in ATTRS if _has(mod, a)}
         frozen = bool(weights) and not any(t.requires_grad for t in weights)
         layers.append(Layer(name, kind, params, attrs, frozen=frozen))
-    return layers
+    by_name = {layer.name: layer for layer in layers}
+    fold_attention_outputs(by_name)  # nn.MultiheadAttention's out_proj is part of it, as in a state_dict
+    return list(by_name.values())
 
 
 def _has(mod: Any, attr: str) -> bool:

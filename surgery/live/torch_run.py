@@ -10,10 +10,8 @@ import contextlib
 import inspect
 import io
 import logging
-import os
 import sys
 import warnings
-import zipfile
 from typing import Any, Iterator
 
 import numpy as np
@@ -32,16 +30,15 @@ def is_module(obj: Any) -> bool:
 
 
 def sniff_archive(path: str) -> str | None:
-    """``"torchscript"`` or ``"exported_program"`` for those zip archives, else None."""
-    if os.path.isdir(path) or not zipfile.is_zipfile(path):
+    """``"torchscript"`` or ``"exported_program"`` for those archives (by the format registry), else None."""
+    from ..errors import SurgeryError
+    from ..formats import detect
+
+    try:
+        name = detect(path)
+    except SurgeryError:
         return None
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-    if any(n.split("/")[1:2] == ["code"] or n.startswith("code/") for n in names):
-        return "torchscript"
-    if path.lower().endswith(".pt2") or any("serialized_exported_program" in n for n in names):
-        return "exported_program"
-    return None
+    return name if name in ("torchscript", "exported_program") else None
 
 
 def load_archive(path: str, kind: str) -> Any:

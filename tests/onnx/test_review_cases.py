@@ -89,3 +89,36 @@ def test_a_guessed_conv_pairs_with_a_known_transposed_conv(tmp_path):
     surgery.save(result, tmp_path / "out.onnx")
     with torch.no_grad():
         assert np.abs(_ort(tmp_path / "out.onnx", x) - net(x).numpy()).max() < 1e-5
+
+
+def test_multihead_attention_into_torchscript_copies_its_output_projection(tmp_path):
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    torch.jit.save(torch.jit.script(Block()), str(tmp_path / "dst.ts"))
+    trained = _trained(Block())
+    torch.save(trained.state_dict(), tmp_path / "src.pt")
+    result = surgery.transplant(tmp_path / "src.pt", tmp_path / "dst.ts", strict=True)
+    assert "out_proj.weight" in surgery.load(tmp_path / "dst.ts")["attn"].params
+    surgery.save(result, tmp_path / "out.ts")
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(tmp_path / "out.ts"))(x), trained(x), atol=1e-6)
+
+
+def test_a_state_dict_named_code_pt_is_not_torchscript(tmp_path):
+    torch.save(nn.Linear(4, 2).state_dict(), tmp_path / "code.pt")
+    assert surgery.load(tmp_path / "code.pt").format == "torch"
+
+
+def test_check_ignores_the_batchnorm_step_counter_onnx_cannot_carry(tmp_path):
+    net = _trained(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
+    torch.save(net.state_dict(), tmp_path / "base.pt")
+    _export(net, torch.randn(2, 4), tmp_path / "model.onnx", do_constant_folding=False)
+    report = surgery.check(tmp_path / "model.onnx", base=tmp_path / "base.pt")
+    assert not any("num_batches_tracked" in p.tensor for p in report.problems), report
