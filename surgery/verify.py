@@ -237,16 +237,29 @@ def _feeds_for(runner: Any, feeds: dict[str, np.ndarray], fmt: str | None) -> tu
     """
     specs = runner.input_specs()
     out, move = {}, None
-    for i, (name, arr) in enumerate(feeds.items()):
-        declared = specs[i][1] if i < len(specs) else None
+    for name, arr, declared in _matched_inputs(feeds, specs):
         target = (fmt, runner.data_format) if fmt and runner.data_format and fmt != runner.data_format else None
         if target is None and not _fits(arr.shape, declared) and arr.ndim in (3, 4, 5):
             flip = ("channels_first", "channels_last") if fmt != "channels_last" else ("channels_last", "channels_first")
             target = flip if _fits(to_layout(arr, *flip).shape, declared) else None
         if target is not None:
             arr, move = to_layout(arr, *target), target
-        out[specs[i][0] if i < len(specs) else name] = arr
+        out[name] = arr
     return out, move
+
+
+def _matched_inputs(feeds: dict[str, np.ndarray], specs: list) -> list[tuple[str, np.ndarray, Any]]:
+    """``(input name, array, declared shape)``: by name where the names meet, else by position.
+
+    An input the runner does not declare is dropped: an exporter leaves out an
+    argument the forward never uses.
+    """
+    declared = {spec[0]: spec[1] for spec in specs}
+    if any(name in declared for name in feeds):
+        return [(name, arr, declared[name]) for name, arr in feeds.items() if name in declared]
+    matched = [(specs[i][0] if i < len(specs) else name, arr, specs[i][1] if i < len(specs) else None)
+               for i, (name, arr) in enumerate(feeds.items())]
+    return matched[: len(specs)] if specs else matched
 
 
 def _adapt_output(arr: np.ndarray, move: tuple | None, like: np.ndarray) -> np.ndarray:
