@@ -107,20 +107,33 @@ class ExternalCopies:
     Each file is copied to a temporary name beside its final one; ``patch``
     writes a tensor at the template's own offset (sizes are equal, so names and
     layout stay the same); on success every copy is renamed into place, on an
-    error removed. Renaming over the template's own data is allowed only when
-    the output replaces the template itself.
+    error removed. The template's own data is replaced only when the output
+    replaces the template itself; an output written beside its template gets
+    data files named after it (``out.onnx.data``), and its initializers say so.
     """
 
     def __init__(self, source: Source, out_folder: str, template: str, final: str) -> None:
         self.source = source
         self.tmps: dict[str, tuple[str, str]] = {}  # source file -> (temporary copy, final name)
+        self.locations: dict[str, str] = {}         # source file -> new location, where it had to be renamed
         root = os.path.realpath(source.folder)
         for file, _, _ in source.external.values():
-            out = os.path.join(out_folder, os.path.relpath(file, root))
+            rel = os.path.relpath(file, root)
+            out = os.path.join(out_folder, rel)
             if os.path.exists(out) and os.path.samefile(out, file) and not _same(final, template):
-                raise fail(final, f"writing it would overwrite {out}, the external data of {template}; "
-                           "write the output into another folder")
+                # Beside its template: the output gets data files of its own, named after it.
+                rel = _renamed(rel, os.path.basename(template), os.path.basename(final))
+                self.locations[file] = rel
+                out = os.path.join(out_folder, rel)
             self.tmps[file] = (f"{out}.surgery.tmp", out)
+
+    def relocate(self, tensor: Any) -> None:
+        """Point an external initializer at the output's own copy of its data file, if it was renamed."""
+        file = self.source.external.get(tensor.name, (None,))[0]
+        if file in self.locations:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = self.locations[file]
 
     def __enter__(self) -> "ExternalCopies":
         for file, (tmp, out) in self.tmps.items():
@@ -143,6 +156,13 @@ class ExternalCopies:
                 os.replace(tmp, out)
             elif os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _renamed(rel: str, template: str, final: str) -> str:
+    """``model.onnx.data`` for ``out.onnx`` -> ``out.onnx.data``; another name gets the output's name in front."""
+    folder, name = os.path.split(rel)
+    name = final + name[len(template):] if name.startswith(template) else f"{final}.{name}"
+    return os.path.join(folder, name)
 
 
 def _same(a: str, b: str) -> bool:

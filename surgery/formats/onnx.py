@@ -377,6 +377,8 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, target: 
                 copies.patch(name, native)
             else:
                 _replace_internal(inits[name], native)
+        for tensor in inits.values():
+            copies.relocate(tensor)
         with open(path, "wb") as f:
             f.write(model.SerializeToString())
 

@@ -85,13 +85,20 @@ def test_external_data_stays_external(fx, tmp_path):
 
 
 def test_external_data_of_the_template_is_never_overwritten(fx, tmp_path):
+    """Beside its template, an output gets data files of its own; only replacing the template rewrites its data."""
     for f in ("cnn_ext.onnx", "cnn_ext.onnx.data"):
         shutil.copy(fx / "onnx" / f, tmp_path / f)
     before = (tmp_path / "cnn_ext.onnx.data").read_bytes()
     new = perturbed(sonnx.read(str(tmp_path / "cnn_ext.onnx")))
-    with pytest.raises(FormatError, match="would overwrite .*cnn_ext.onnx.data"):
-        sonnx.write(new, str(tmp_path / "other.onnx"))
+    # An output beside its template gets its own data file, named after it.
+    sonnx.write(new, str(tmp_path / "other.onnx"))
     assert (tmp_path / "cnn_ext.onnx.data").read_bytes() == before
+    assert (tmp_path / "other.onnx.data").exists()
+    check(tmp_path / "other.onnx")
+    x = np.random.default_rng(8).standard_normal(onnx_fixtures.CNN_INPUT).astype(np.float32)
+    np.testing.assert_allclose(run_ort(tmp_path / "other.onnx", {"x": x}), torch_out(onnx_fixtures.cnn(), new, x),
+                               rtol=1e-4, atol=1e-5)
+    check(tmp_path / "cnn_ext.onnx")  # the template still loads with its own, untouched data
     # Replacing the template itself (transplant's default OUT = DST) is allowed.
     with atomic_path(tmp_path / "cnn_ext.onnx") as tmp:
         sonnx.write(new, tmp)
