@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/inspect_large.py
 
 fixtures: $(STAMP)
 	$(PY) fixtures/make_fixtures.py
