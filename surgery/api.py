@@ -65,6 +65,8 @@ class StrictError(SurgeryError):
             parts.append(f"destination layers left as initialised: {', '.join(plan.uncovered)}")
         if plan.unused:
             parts.append(f"source layers unused: {', '.join(plan.unused)}")
+        if plan.dropped:
+            parts.append(f"source tensors with no destination: {', '.join(plan.dropped)}")
         super().__init__("strict: " + "; ".join(parts) + " (pair them, or list them under keep/skip)")
 
 

@@ -105,7 +105,8 @@ def map_command(src: str, dst: str, match: str, mapping: str | None, output: str
 @click.option("-o", "--output", type=click.Path(), help="Output file (default: DST, replaced atomically).")
 @click.option("--match", type=click.Choice(["name", "shape", "none"]), help="Override the map's `match`.")
 @click.option("--freeze", multiple=True, metavar="GLOB", help="Mark destination layers frozen (repeatable).")
-@click.option("--strict", is_flag=True, help="Exit 1, writing nothing, if any layer is left unpaired and not kept/skipped.")
+@click.option("--strict", is_flag=True,
+              help="Exit 1, writing nothing, if any layer is left unpaired and not kept/skipped, or any tensor dropped.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; read no tensor data, write nothing.")
 @click.option("--report", "report_path", type=click.Path(),
               help="Also write the report as JSON here, with a sha256 of each copied tensor.")

@@ -63,6 +63,7 @@ class Plan:
     skipped: list[str] = field(default_factory=list)     # source layers the map skips
     kept: list[str] = field(default_factory=list)        # destination layers the map keeps as initialised
     uncovered: list[str] = field(default_factory=list)   # destination layers left as initialised, not kept
+    dropped: list[str] = field(default_factory=list)     # source tensors of paired layers that go nowhere
     frozen: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     merged: dict[str, Any] = field(default_factory=dict, repr=False)   # virtual source layers of `merge`
@@ -77,12 +78,13 @@ class Plan:
 
     @property
     def strict_ok(self) -> bool:
-        """No destination layer left as initialised unless kept, no source unused unless skipped."""
-        return not self.unused and not self.uncovered
+        """No destination layer left as initialised unless kept, no source unused unless skipped, none dropped."""
+        return not self.unused and not self.uncovered and not self.dropped
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.src.path, "destination": self.dst.path, "map": self.mapping.to_dict(),
                 "pairs": [p.to_dict() for p in self.pairs], "unused": self.unused, "skipped": self.skipped,
+                "dropped": self.dropped,
                 "kept": self.kept, "uncovered": self.uncovered, "frozen": self.frozen,
                 "warnings": self.warnings, "notes": {"source": self.src.notes, "destination": self.dst.notes}}
 
@@ -230,6 +232,7 @@ def _add_pair(plan: Plan, source: str, dsts: list[str], rule: str) -> None:
     used = {s for t in pair.tensors for s in t.sources} | {s for f in feeds.values() for s in f.sources}
     for role in src_layer.params:
         if src_layer.key(role) not in used and role not in BOOKKEEPING:
+            plan.dropped.append(src_layer.key(role))
             plan.warnings.append(f"{src_layer.key(role)}: has no destination in {', '.join(dsts)}; not copied")
     plan.warnings.extend(settings.warnings(src_layer, dst_layers))
     if pair.tensors:

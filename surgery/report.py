@@ -65,7 +65,8 @@ def plan_text(plan: "Plan", warnings: list[str] | None = None) -> str:
         transforms = sorted({t.transform for t in pair.tensors})
         rows.append([pair.source, ", ".join(pair.destinations), pair.rule, "; ".join(transforms)])
     parts = [table(["source", "destination", "why", "transform"], rows) if rows else "no pairs"]
-    sections = (("source layers unused", plan.unused), ("source layers skipped by the map", plan.skipped),
+    sections = (("source layers unused", plan.unused), ("source tensors with no destination", plan.dropped),
+                ("source layers skipped by the map", plan.skipped),
                 ("destination layers left as initialised", plan.uncovered),
                 ("destination layers kept as initialised by the map", plan.kept), ("frozen", plan.frozen),
                 ("warnings", plan.warnings if warnings is None else warnings),

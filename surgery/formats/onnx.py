@@ -26,7 +26,7 @@ from .. import dtypes
 from . import template_of
 from ..errors import fail
 from ..graph import Layer, LayerGraph, Param
-from ..kinds import infer_kind, split_key
+from ..kinds import fold_attention_outputs, infer_kind, split_key
 from ._onnx_external import ExternalCopies, Source, atomic_target, np_dtype, surgery_dtype
 from ._onnx_layouts import Slot, dense_slot, plain_slot, rnn_slot
 
@@ -97,6 +97,15 @@ def _layer_name(node: Any, weight: str, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
 
+def _role(slot: Slot, role: str, layer: str) -> str:
+    """The role a state_dict-named tensor has in its own layer (``in_proj_bias``), else the node's (``bias``)."""
+    if len(slot.pieces) == 1 and _STATE_NAME.match(slot.tensor.name):
+        owner, own_role = split_key(slot.tensor.name)
+        if owner == layer:
+            return own_role
+    return role
+
+
 class _Scanner:
     """Walks the nodes in order and turns the initializers they consume into layer specs."""
 
@@ -159,7 +168,11 @@ class _Scanner:
                                   "kept equal values once, so the two can only be written with equal values")
             self.claimed.add(slot.tensor.name)
             for k, piece in enumerate(slot.pieces):
-                spec.roles[piece.role] = (slot, k)
+                spec.roles[_role(slot, piece.role, name)] = (slot, k)
+        if "in_proj_bias" in spec.roles and "weight" in spec.roles:  # the exporter renamed the fused weight
+            spec.roles["in_proj_weight"] = spec.roles.pop("weight")
+        if "in_proj_weight" in spec.roles:  # nn.MultiheadAttention's fused projection, used by a MatMul/Gemm
+            spec.kind = "multi_head_attention"
         self.specs.append(spec)
         return spec
 
@@ -177,6 +190,8 @@ class _Scanner:
         for tensor in self.inits.values():
             if tensor.name in self.claimed:
                 continue
+            if not _STATE_NAME.match(tensor.name) and not dtypes.is_floating(surgery_dtype(tensor) or ""):
+                continue  # an exporter's shape or index constant, not a weight: left in the file as it is
             order = min(self.consumers.get(tensor.name, [len(self.nodes)]))
             layer, role = split_key(tensor.name) if _STATE_NAME.match(tensor.name) else (tensor.name, "")
             spec = by_name.get(layer)
@@ -330,13 +345,14 @@ def read(path: str, **options: Any) -> LayerGraph:
             model's folder or past the end of its file.
     """
     _, specs, source, notes = _scan(path)
-    layers = []
+    layers = {}
     for spec in specs:
         layer = Layer(spec.name, spec.kind, attrs=dict(spec.attrs))
         for role, (slot, k) in spec.roles.items():
             layer.params[role] = _param(source, slot, k)
-        layers.append(layer)
-    graph = LayerGraph(layers, path=path, format="onnx", meta={"external_data": sorted(
+        layers[layer.name] = layer
+    fold_attention_outputs(layers)  # out_proj belongs to its attention layer, as in a state_dict
+    graph = LayerGraph(layers.values(), path=path, format="onnx", meta={"external_data": sorted(
         {os.path.relpath(f, source.folder) for f, _, _ in source.external.values()})})
     graph.notes.extend(notes)
     return graph

@@ -145,7 +145,8 @@ def small_model(nodes, inits, inputs=("x",)):
 
 
 def test_unrecognised_consumers_group_by_state_dict_name(tmp_path):
-    """State_dict-named weights that reach their op through other nodes still form a layer, kind from roles."""
+    """State_dict-named weights that reach their op through other nodes still form a layer, kind from roles;
+    integer constants that are not state_dict-named are not layers."""
     import onnx
     from onnx import helper
 
@@ -157,9 +158,12 @@ def test_unrecognised_consumers_group_by_state_dict_name(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(small_model(nodes, inits), path)
     graph = sonnx.read(str(path))
-    assert [(l.name, l.kind) for l in graph] == [("enc", "lstm"), ("shape_const", "unknown")]
+    # An exporter's integer shape constant is not a weight: no layer, left in the file as it is.
+    assert [(l.name, l.kind) for l in graph] == [("enc", "lstm")]
     assert graph["enc"].params["weight_ih_l0"].layout == ""
-    np.testing.assert_array_equal(graph.state()["shape_const"].read(), [1, -1])
+    sonnx.write(graph, str(tmp_path / "out.onnx"))
+    out = {t.name: t for t in onnx.load(str(tmp_path / "out.onnx")).graph.initializer}
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(out["shape_const"]), [1, -1])
 
 
 def test_gru_without_linear_before_reset_is_noted(tmp_path):

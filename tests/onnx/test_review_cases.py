@@ -122,3 +122,30 @@ def test_check_ignores_the_batchnorm_step_counter_onnx_cannot_carry(tmp_path):
     _export(net, torch.randn(2, 4), tmp_path / "model.onnx", do_constant_folding=False)
     report = surgery.check(tmp_path / "model.onnx", base=tmp_path / "base.pt")
     assert not any("num_batches_tracked" in p.tensor for p in report.problems), report
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_multihead_attention_in_onnx_is_one_layer(tmp_path, dynamo):
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    x = torch.randn(2, 5, 8)
+    _export(Block(), x, tmp_path / "dst.onnx", dynamo=dynamo)
+    layer = surgery.load(tmp_path / "dst.onnx")["attn"]
+    assert layer.kind == "multi_head_attention" and {"in_proj_weight", "out_proj.weight"} <= set(layer.params)
+    trained = _trained(Block())
+    torch.save(trained.state_dict(), tmp_path / "src.pt")
+    if "out_proj.bias" not in layer.params:  # the dynamo exporter drops a bias that is all zeros when exported
+        with pytest.raises(surgery.StrictError, match="source tensors with no destination: attn.out_proj.bias"):
+            surgery.transplant(tmp_path / "src.pt", tmp_path / "dst.onnx", strict=True)
+        with torch.no_grad():
+            trained.attn.out_proj.bias.zero_()
+        torch.save(trained.state_dict(), tmp_path / "src.pt")
+    surgery.save(surgery.transplant(tmp_path / "src.pt", tmp_path / "dst.onnx"), tmp_path / "out.onnx")
+    with torch.no_grad():
+        assert np.abs(_ort(tmp_path / "out.onnx", x) - trained(x).numpy()).max() < 1e-5
