@@ -13,6 +13,15 @@ import surgery
 from surgery.errors import FormatError, PlanError
 
 
+class AttentionBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
 def _export(model: nn.Module, x: torch.Tensor, path, *, dynamo: bool = False, **kw) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -92,16 +101,8 @@ def test_a_guessed_conv_pairs_with_a_known_transposed_conv(tmp_path):
 
 
 def test_multihead_attention_into_torchscript_copies_its_output_projection(tmp_path):
-    class Block(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
-
-        def forward(self, x):
-            return self.attn(x, x, x, need_weights=False)[0]
-
-    torch.jit.save(torch.jit.script(Block()), str(tmp_path / "dst.ts"))
-    trained = _trained(Block())
+    torch.jit.save(torch.jit.script(AttentionBlock()), str(tmp_path / "dst.ts"))
+    trained = _trained(AttentionBlock())
     torch.save(trained.state_dict(), tmp_path / "src.pt")
     result = surgery.transplant(tmp_path / "src.pt", tmp_path / "dst.ts", strict=True)
     assert "out_proj.weight" in surgery.load(tmp_path / "dst.ts")["attn"].params
@@ -126,19 +127,11 @@ def test_check_ignores_the_batchnorm_step_counter_onnx_cannot_carry(tmp_path):
 
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_multihead_attention_in_onnx_is_one_layer(tmp_path, dynamo):
-    class Block(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
-
-        def forward(self, x):
-            return self.attn(x, x, x, need_weights=False)[0]
-
     x = torch.randn(2, 5, 8)
-    _export(Block(), x, tmp_path / "dst.onnx", dynamo=dynamo)
+    _export(AttentionBlock(), x, tmp_path / "dst.onnx", dynamo=dynamo)
     layer = surgery.load(tmp_path / "dst.onnx")["attn"]
     assert layer.kind == "multi_head_attention" and {"in_proj_weight", "out_proj.weight"} <= set(layer.params)
-    trained = _trained(Block())
+    trained = _trained(AttentionBlock())
     torch.save(trained.state_dict(), tmp_path / "src.pt")
     if "out_proj.bias" not in layer.params:  # the dynamo exporter drops a bias that is all zeros when exported
         with pytest.raises(surgery.StrictError, match="source tensors with no destination: attn.out_proj.bias"):
