@@ -14,10 +14,10 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .api import StrictError, convert, diff, freeze, load, load_into, plan, save, transplant
-from .check import check
+from .proof.check import check
 from .errors import FormatError, MapError, PlanError, SurgeryError
 from .graph import Layer, LayerGraph, Param
-from .verify import verify
+from .proof.verify import verify
 
 __all__ = [
     "FormatError", "Layer", "LayerGraph", "MapError", "Param", "PlanError", "StrictError", "SurgeryError",

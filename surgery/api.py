@@ -96,7 +96,7 @@ def verify_transplant(result: Transplant, *, factory: str | None = None, input_s
     so a mismatch names the first layer that diverges.
     """
     from .apply import write_record
-    from .verify import verify
+    from .proof.verify import verify
 
     if result.output is None:
         raise SurgeryError("verify: save the transplant first (surgery.save)")

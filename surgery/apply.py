@@ -52,7 +52,7 @@ class Transplant:
         return out
 
     def __str__(self) -> str:
-        from .report import plan_text
+        from .render import plan_text
 
         return plan_text(self.plan, warnings=self.warnings)
 

@@ -45,7 +45,7 @@ class DiffReport:
                 "tensors": [vars(e) for e in self.entries]}
 
     def __str__(self) -> str:
-        from .report import table
+        from .render import table
 
         rows = [[e.name, e.status, "" if e.max_abs is None else f"{e.max_abs:.3g}", e.a, e.b]
                 for e in self.entries if e.status != "equal"]

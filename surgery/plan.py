@@ -89,12 +89,12 @@ class Plan:
                 "warnings": self.warnings, "notes": {"source": self.src.notes, "destination": self.dst.notes}}
 
     def to_yaml(self) -> str:
-        from .report import plan_yaml
+        from .render import plan_yaml
 
         return plan_yaml(self)
 
     def __str__(self) -> str:
-        from .report import plan_text
+        from .render import plan_text
 
         return plan_text(self)
 

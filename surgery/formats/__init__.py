@@ -29,15 +29,15 @@ from ..graph import LayerGraph
 # Order matters: ``detect`` asks each module's ``sniff`` in this order.
 FORMATS: dict[str, str] = {
     "safetensors": "surgery.formats.safetensors",
-    "keras": "surgery.formats.keras",
-    "h5": "surgery.formats.h5",
-    "torchscript": "surgery.formats.torchscript",
-    "exported_program": "surgery.formats.exported_program",
-    "torch": "surgery.formats.torch",
-    "tf_checkpoint": "surgery.formats.tf_checkpoint",
-    "saved_model": "surgery.formats.saved_model",
+    "keras": "surgery.formats.keras.archive",
+    "h5": "surgery.formats.keras.h5",
+    "torchscript": "surgery.formats.torch.torchscript",
+    "exported_program": "surgery.formats.torch.exported_program",
+    "torch": "surgery.formats.torch.state_dict",
+    "tf_checkpoint": "surgery.formats.tf.checkpoint",
+    "saved_model": "surgery.formats.tf.saved_model",
     "folder": "surgery.formats.folder",
-    "onnx": "surgery.formats.onnx",
+    "onnx": "surgery.formats.onnx.model",
 }
 
 

@@ -80,7 +80,7 @@ def read(path: str, **options: Any) -> LayerGraph:
 
 def _read_torch_shards(index_path: str, **options: Any) -> LayerGraph:
     """A sharded ``pytorch_model.bin`` set: each shard read lazily, one graph."""
-    from . import torch as torch_format
+    from .torch import state_dict as torch_format
 
     try:
         with open(index_path, encoding="utf-8") as f:

@@ -12,7 +12,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .. import dtypes, keras_layers
+from .. import dtypes
+from ..formats.keras import layers as keras_layers
 from ..errors import SurgeryError
 from ..graph import Layer, LayerGraph, Param
 
@@ -61,7 +62,7 @@ def _apply_config(model: Any, graph: LayerGraph) -> None:
     """What only the architecture tells (which Dense follows a Flatten, in which order), as for a ``.keras`` file."""
     import keras
 
-    from ..formats import keras as keras_format
+    from ..formats.keras import archive as keras_format
 
     try:
         config = keras.saving.serialize_keras_object(model)

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import torch
 
 from ..errors import SurgeryError
-from ..formats.torch import to_numpy, to_tensor
+from ..formats.torch.state_dict import to_numpy, to_tensor
 from ..graph import LayerGraph, Param
 from ..kinds import group
 

@@ -5,7 +5,7 @@ import torch
 
 import surgery
 from surgery.errors import FormatError, UnsafePickleError
-from surgery.formats import torch as torch_format
+from surgery.formats.torch import state_dict as torch_format
 from tests.conftest import TORCH, assert_same_as_torch, raw
 
 

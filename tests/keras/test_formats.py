@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 import surgery
-from surgery import keras_layers as K
+from surgery.formats.keras import layers as K
 from surgery.errors import FormatError
-from surgery.formats import detect, h5, keras as keras_format
+from surgery.formats import detect
+from surgery.formats.keras import h5
+from surgery.formats.keras import archive as keras_format
 
 from .conftest import KERAS_FIXTURES, assert_close
 

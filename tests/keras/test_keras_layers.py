@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surgery import keras_layers as K
+from surgery.formats.keras import layers as K
 from surgery.errors import SurgeryError
 from surgery.graph import Layer, Param
 

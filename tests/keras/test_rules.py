@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import surgery
-from surgery import adapters, keras_layers as K
+from surgery import adapters
+from surgery.formats.keras import layers as K
 from surgery.errors import PlanError
 from surgery.graph import Layer, LayerGraph, Param
 
@@ -237,7 +238,7 @@ def _flatten_nets(keras, torch, permute: bool):
 
 @pytest.mark.parametrize("permute", [False, True])
 def test_rule11_dense_after_flatten(keras, torch, rng, tmp_path, permute):
-    from surgery.formats import keras as keras_format
+    from surgery.formats.keras import archive as keras_format
 
     kmodel, conv, fc, tnet = _flatten_nets(keras, torch, permute)
     kmodel.save(tmp_path / "m.keras")
@@ -257,7 +258,7 @@ def test_rule11_dense_after_flatten(keras, torch, rng, tmp_path, permute):
 
 
 def test_rule11_torch_to_keras_flatten(keras, torch, rng, tmp_path):
-    from surgery.formats import keras as keras_format
+    from surgery.formats.keras import archive as keras_format
 
     kmodel, conv, fc, tnet = _flatten_nets(keras, torch, False)
     kmodel.save(tmp_path / "m.keras")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from surgery.errors import FormatError
-from surgery.formats import onnx as sonnx
+from surgery.formats.onnx import model as sonnx
 
 
 def external_model(folder, location: str, length: int = 48, offset: int = 0):

@@ -7,7 +7,7 @@ import pytest
 
 from fixtures import onnx_fixtures
 from surgery.formats import detect
-from surgery.formats import onnx as sonnx
+from surgery.formats.onnx import model as sonnx
 
 from .conftest import load_canonical, run_ort
 

@@ -9,7 +9,7 @@ import pytest
 
 from fixtures import onnx_fixtures
 from surgery.errors import FormatError
-from surgery.formats import onnx as sonnx
+from surgery.formats.onnx import model as sonnx
 from surgery.graph import Param
 from surgery.io import atomic_path
 

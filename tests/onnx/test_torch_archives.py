@@ -10,8 +10,8 @@ import pytest
 from fixtures import onnx_fixtures
 from surgery.errors import FormatError
 from surgery.formats import detect
-from surgery.formats import exported_program as sep
-from surgery.formats import torchscript as sts
+from surgery.formats.torch import exported_program as sep
+from surgery.formats.torch import torchscript as sts
 from surgery.graph import Param
 
 from .conftest import load_canonical, perturbed
@@ -21,7 +21,7 @@ CNN_LAYERS = [("features.0", "conv2d"), ("features.1", "batch_norm"), ("fc", "de
 
 def oracle(graph, state) -> None:
     """Every tensor of torch's own state_dict, key by key, equals the graph's."""
-    from surgery.formats.torch import to_numpy
+    from surgery.formats.torch.state_dict import to_numpy
 
     ours = graph.state()
     assert set(ours) == set(state), f"keys differ: only ours {set(ours) - set(state)}, only torch {set(state) - set(ours)}"

@@ -11,7 +11,8 @@ import pytest
 
 from surgery import formats
 from surgery.errors import FormatError
-from surgery.formats import saved_model, tf_checkpoint
+from surgery.formats.tf import saved_model
+from surgery.formats.tf import checkpoint as tf_checkpoint
 
 from .conftest import SAVED_MODEL, TF1, TF2
 

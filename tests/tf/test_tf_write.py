@@ -9,7 +9,8 @@ import pytest
 
 from surgery.errors import FormatError
 from surgery.graph import Layer, LayerGraph, Param
-from surgery.formats import saved_model, tf_checkpoint
+from surgery.formats.tf import saved_model
+from surgery.formats.tf import checkpoint as tf_checkpoint
 
 from .conftest import SAVED_MODEL, TF1, TF2
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from surgery.check import check
+from surgery.proof.check import check
 from surgery.errors import FormatError
 
 

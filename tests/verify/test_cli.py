@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
-from surgery.cli_proof import check, verify
+from surgery.cli.proof import check, verify
 from surgery.errors import SurgeryError
 
 from . import nets
@@ -90,7 +90,7 @@ def test_check_exit_codes(tmp_path: pathlib.Path) -> None:
 
 def test_help_needs_no_framework() -> None:
     block = ("import sys\nfor m in ('torch', 'tensorflow', 'keras', 'onnx', 'onnxruntime', 'h5py'): "
-             "sys.modules[m] = None\nfrom surgery.cli_proof import verify, check\n")
+             "sys.modules[m] = None\nfrom surgery.cli.proof import verify, check\n")
     for name in ("verify", "check"):
         code = block + f"{name}(['--help'], prog_name='surgery {name}')"
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from surgery.errors import FormatError
-from surgery.verify import verify
+from surgery.proof.verify import verify
 
 from . import nets
 

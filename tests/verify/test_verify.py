@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from surgery.errors import FormatError, SurgeryError
-from surgery.verify import verify
-from surgery.verify_report import compare_arrays
+from surgery.proof.verify import verify
+from surgery.proof.report import compare_arrays
 
 from . import nets
 from .conftest import FACTORY
@@ -166,7 +166,7 @@ def test_compare_arrays_min_atol_is_the_smallest_that_passes() -> None:
 
 def test_dynamo_export_scopes_name_the_layer(tmp_path: pathlib.Path) -> None:
     """The dynamo exporter fuses Conv+BatchNorm under the BatchNorm's scope; the layer is still found."""
-    from surgery.live import torch_run
+    from surgery.proof import torch as torch_run
 
     runner = torch_run.TorchRunner(nets.build(), "torch Small")
     feeds = {"x": np.random.default_rng(0).standard_normal(nets.INPUT_SHAPE).astype(np.float32)}

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .errors import SurgeryError
+from ..errors import SurgeryError
 
 EXIT_FAIL, EXIT_BAD_INPUT = 1, 2
 
@@ -65,7 +65,8 @@ def inspect(ckpt: str, as_json: bool, tensors: bool, unsafe_pickle: bool) -> Non
 
     Reads headers only: no tensor data is loaded.
     """
-    from . import api, report
+    from .. import api
+    from .. import render as report
 
     graph = api.load(ckpt, unsafe_pickle=unsafe_pickle)
     if as_json:
@@ -84,8 +85,8 @@ def inspect(ckpt: str, as_json: bool, tensors: bool, unsafe_pickle: bool) -> Non
 @unsafe_option
 def map_command(src: str, dst: str, match: str, mapping: str | None, output: str | None, unsafe_pickle: bool) -> None:
     """Propose a map.yaml pairing SRC's layers with DST's, with a comment on how each pair was found."""
-    from . import api
-    from .io import atomic_path
+    from .. import api
+    from ..io import atomic_path
 
     plan = api.plan(src, dst, mapping, match=match, unsafe_pickle=unsafe_pickle)
     text = plan.to_yaml()
@@ -130,9 +131,9 @@ def transplant(src: str, dst: str, mapping: str | None, output: str | None, matc
     OUT.surgery.json (OUT is kept either way). Exit 0 ok, 1 when --strict or
     --verify fails, 2 on bad input.
     """
-    from . import api
-    from .apply import apply_plan, parse_size
-    from .io import refuse_overwrite
+    from .. import api
+    from ..apply import apply_plan, parse_size
+    from ..io import refuse_overwrite
 
     out = output or dst
     refuse_overwrite(src, out)
@@ -148,7 +149,7 @@ def transplant(src: str, dst: str, mapping: str | None, output: str | None, matc
     api.save(result, out, max_shard_size=shard, quiet=quiet, source=src, tensor_hashes=bool(report_path))
     proof = None
     if verify_after:
-        from .cli_proof import parse_shapes
+        from .proof import parse_shapes
 
         proof = api.verify_transplant(result, factory=factory, input_shape=parse_shapes(input_shapes))
     _report(result, result.to_dict(), as_json, report_path)
@@ -161,7 +162,7 @@ def transplant(src: str, dst: str, mapping: str | None, output: str | None, matc
 
 
 def _report(obj: Any, data: dict, as_json: bool, report_path: str | None) -> None:
-    from .io import atomic_path
+    from ..io import atomic_path
 
     if report_path:
         with atomic_path(report_path) as tmp:
@@ -181,8 +182,8 @@ def _report(obj: Any, data: dict, as_json: bool, report_path: str | None) -> Non
 @unsafe_option
 def convert(src: str, out: str, max_shard_size: str | None, quiet: bool, unsafe_pickle: bool) -> None:
     """Write SRC's weights to OUT in the format OUT's suffix names, in canonical names and layout."""
-    from . import api
-    from .apply import parse_size
+    from .. import api
+    from ..apply import parse_size
 
     shard = parse_size(max_shard_size) if max_shard_size else None
     for path in api.convert(src, out, max_shard_size=shard, quiet=quiet, unsafe_pickle=unsafe_pickle):
@@ -199,14 +200,14 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: bool) -> None:
 
     Exit 0 when the same, 1 when they differ, 2 on bad input.
     """
-    from . import api
+    from .. import api
 
     result = api.diff(a, b, unsafe_pickle=unsafe_pickle)
     _emit(result.to_dict()) if as_json else click.echo(str(result))
     sys.exit(0 if result else EXIT_FAIL)
 
 
-from .cli_proof import check, verify  # noqa: E402  (commands defined in their own module)
+from .proof import check, verify  # noqa: E402  (commands defined in their own module)
 
 cli.add_command(verify)
 cli.add_command(check)

@@ -19,8 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import FormatError, SurgeryError, fail
-from .verify_report import Comparison, LayerDivergence, VerifyReport, compare_arrays
+from ..errors import FormatError, SurgeryError, fail
+from .report import Comparison, LayerDivergence, VerifyReport, compare_arrays
 
 SEED = 0
 Shape = Sequence[int]
@@ -81,7 +81,8 @@ def verify(
 
 def open_side(obj: Any, factory: str | None, role: str) -> Any:
     """A runner (torch, keras or onnx) for a path or a live network."""
-    from .live import keras_run, torch_run
+    from . import keras as keras_run
+    from . import torch as torch_run
 
     if torch_run.is_module(obj) or type(obj).__name__ == "ExportedProgram":
         return torch_run.TorchRunner(obj, f"torch {type(obj).__name__}")
@@ -96,7 +97,9 @@ def open_side(obj: Any, factory: str | None, role: str) -> Any:
 
 
 def _open_path(path: str, factory: str | None, role: str) -> Any:
-    from .live import keras_run, onnx_run, torch_run
+    from . import keras as keras_run
+    from . import onnx as onnx_run
+    from . import torch as torch_run
 
     name = os.path.basename(path)
     lowered = path.lower()
@@ -274,7 +277,7 @@ def _adapt_output(arr: np.ndarray, move: tuple | None, like: np.ndarray) -> np.n
 
 def _onnx_comparison(side: Any, feeds: dict, rtol: float, atol: float, layers: bool) -> Comparison:
     """ONNX Runtime vs MODEL run natively (or vs the ONNX reference evaluator for an ONNX MODEL)."""
-    from .live import onnx_run
+    from . import onnx as onnx_run
 
     if side.framework == "onnx":
         comp = Comparison(f"{side.label} vs onnx reference evaluator", side.label, "onnx.reference")
@@ -354,7 +357,7 @@ def _read_pairs(path: str, reverse: bool) -> dict[str, str]:
 def _first_divergence(side: Any, ref: Any, feeds: dict, ref_feeds: dict, move: tuple | None,
                       table: dict[str, str], rtol: float, atol: float) -> LayerDivergence | None:
     """The first paired layer, in ``side``'s execution order, whose output diverges."""
-    from .verify_report import explain
+    from .report import explain
 
     try:
         ours, theirs = side.trace(feeds), ref.trace(ref_feeds)

@@ -15,11 +15,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .. import keras_layers
-from ..errors import fail
-from ..graph import Layer, LayerGraph, Param
-from ..io import fsync_path
-from .tf_checkpoint import INDEX, _tf, open_reader, prefix_of, scan
+from ..keras import layers as keras_layers
+from ...errors import fail
+from ...graph import Layer, LayerGraph, Param
+from ...io import fsync_path
+from .checkpoint import INDEX, _tf, open_reader, prefix_of, scan
 
 
 def write(graph: LayerGraph, prefix: str, *, shown: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..layouts import permute
+from ...layouts import permute
 
 Array = np.ndarray
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import warnings
 from typing import Any, Iterable
 
-from . import template_of, zip_names
-from ..errors import fail
-from ..graph import Layer, LayerGraph, Param
-from ..kinds import fold_attention_outputs, infer_kind
+from .. import template_of, zip_names
+from ...errors import fail
+from ...graph import Layer, LayerGraph, Param
+from ...kinds import fold_attention_outputs, infer_kind
 
 SUFFIXES = (".ts", ".torchscript")
 
@@ -111,7 +111,7 @@ def _plain(value: Any) -> Any:
 
 def tensor_param(key: str, tensor: Any) -> Param:
     """A Param over a live CPU tensor (converted to numpy on ``read``)."""
-    from .torch import to_numpy
+    from .state_dict import to_numpy
 
     tensor = tensor.detach()
     dtype = str(tensor.dtype).removeprefix("torch.")
@@ -139,7 +139,7 @@ def replace_tensors(origin: str, live: dict[str, Any], graph: LayerGraph, weight
     """
     import torch
 
-    from .torch import to_tensor
+    from .state_dict import to_tensor
 
     unknown = [key for key, _ in graph.tensors() if key not in live]
     if unknown:

@@ -16,10 +16,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import dtypes, formats
-from .errors import fail
-from .graph import BOOKKEEPING, LayerGraph, Param
-from .kinds import split_key
+from .. import dtypes, formats
+from ..errors import fail
+from ..graph import BOOKKEEPING, LayerGraph, Param
+from ..kinds import split_key
 
 
 

@@ -8,7 +8,7 @@ lazily, memory-mapped. Write: the initializers of a template model are
 replaced in place, converted back to each one's ONNX layout; the graph is
 untouched and external data stays external.
 
-The layout rules are in ``_onnx_layouts``, external data in ``_onnx_external``.
+The layout rules are in ``slots``, external data in ``external``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .. import dtypes
-from . import template_of
-from ..errors import fail
-from ..graph import Layer, LayerGraph, Param
-from ..kinds import fold_attention_outputs, infer_kind, split_key
-from ._onnx_external import ExternalCopies, Source, atomic_target, np_dtype, surgery_dtype
-from ._onnx_layouts import Slot, dense_slot, plain_slot, rnn_slot
+from ... import dtypes
+from .. import template_of
+from ...errors import fail
+from ...graph import Layer, LayerGraph, Param
+from ...kinds import fold_attention_outputs, infer_kind, split_key
+from .external import ExternalCopies, Source, atomic_target, np_dtype, surgery_dtype
+from .slots import Slot, dense_slot, plain_slot, rnn_slot
 
 SUFFIXES = (".onnx",)
 

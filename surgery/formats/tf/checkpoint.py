@@ -15,7 +15,7 @@ Optimizer state (TF1 slots ``<var>/Adam``, TF2 ``optimizer/...`` and slot
 variables) and counters (``global_step``, ``save_counter``...) are not layers:
 they are left out unless ``include_optimizer=True``, and counted in the notes.
 
-Writing (``_tf_write``) makes several files, so ``write`` is atomic by itself (``MULTI_FILE``):
+Writing (``writer``) makes several files, so ``write`` is atomic by itself (``MULTI_FILE``):
 it writes into a temporary folder beside the target, then renames the data
 files and, last, the index over the target. See docs/tensorflow.md.
 """
@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import dtypes, keras_layers
-from ..errors import fail
-from ..graph import Layer, LayerGraph, Param, natural_key
+from ... import dtypes
+from ..keras import layers as keras_layers
+from ...errors import fail
+from ...graph import Layer, LayerGraph, Param, natural_key
 
 SUFFIXES = (".index",)
 MULTI_FILE = True  # write() takes the final path and makes its own files atomically
@@ -345,9 +346,9 @@ def write(graph: LayerGraph, path: str, **_: Any) -> None:
     Raises:
         FormatError: a layer of the graph has no place in the template.
     """
-    from . import _tf_write
+    from . import writer
 
-    _tf_write.write(graph, prefix_of(path), shown=path)
+    writer.write(graph, prefix_of(path), shown=path)
 
 
 def _tf() -> Any:

@@ -61,7 +61,7 @@ def verify(model: str, factory: str | None, against: str | None, inputs: str | N
 
     Example: surgery verify model.pt --factory mypkg.nets:build --against vgg16.h5
     """
-    from .verify import verify as run_verify
+    from ..proof.verify import verify as run_verify
 
     if inputs and input_shapes:
         raise click.UsageError("give --inputs or --input-shape, not both")
@@ -86,7 +86,7 @@ def check(model: str, base: str, frozen: tuple[str, ...], as_json: bool) -> None
 
     Example: surgery check finetuned.safetensors --base transplanted.safetensors --frozen 'features.*'
     """
-    from .check import check as run_check
+    from ..proof.check import check as run_check
 
     report = run_check(model, base=base, frozen=list(frozen) or None)
     _emit(report, as_json)

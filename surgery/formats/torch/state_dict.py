@@ -17,11 +17,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import dtypes
-from ..errors import UnsafePickleError, fail
-from . import zip_names
-from ..graph import LayerGraph, Param
-from ..io import span_loader
+from ... import dtypes
+from ...errors import UnsafePickleError, fail
+from .. import zip_names
+from ...graph import LayerGraph, Param
+from ...io import span_loader
 
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_ema", "ema")
@@ -141,7 +141,7 @@ def _file_spans(path: str, tensors: Mapping[str, Any]) -> dict[str, int]:
     every page resident; a positioned read per tensor keeps memory at one tensor.
     Where the mapping cannot be matched to the records, tensors are read through it.
     """
-    from ._torch_stream import data_records
+    from .zip_writer import data_records
 
     offsets = {offset for offset, _, _ in data_records(path)}
     ptrs = {k: t.untyped_storage().data_ptr() for k, t in tensors.items() if t.untyped_storage().nbytes()}
@@ -196,7 +196,7 @@ def write(graph: LayerGraph, path: str, **_: Any) -> None:
     """
     import torch
 
-    from . import _torch_stream
+    from . import zip_writer
 
     state: dict[str, Any] = {}
     made: dict = {}
@@ -216,4 +216,4 @@ def write(graph: LayerGraph, path: str, **_: Any) -> None:
     if wrapper and graph.path:
         obj = torch.load(graph.path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(graph.path))
         obj[wrapper] = state
-    _torch_stream.save(obj, path, fill)
+    zip_writer.save(obj, path, fill)

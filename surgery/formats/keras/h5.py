@@ -25,10 +25,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import dtypes, keras_layers
-from . import template_of
-from ..errors import SurgeryError, fail
-from ..graph import Layer, LayerGraph, Param
+from ... import dtypes
+from . import layers as keras_layers
+from .. import template_of
+from ...errors import SurgeryError, fail
+from ...graph import Layer, LayerGraph, Param
 
 SUFFIXES = (".h5", ".hdf5")
 _MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -82,7 +83,7 @@ def read(path: str, *, config: dict | None = None, opener: Callable[[], Any] | N
     Raises:
         FormatError: not HDF5, or not a layout Keras writes.
     """
-    from . import keras as keras_format
+    from . import archive as keras_format
 
     opener = opener or opener_for(path)
     try:
@@ -132,7 +133,7 @@ def _attr_list(group: Any, name: str) -> list[str]:
 def class_of_snake(snake: str) -> str | None:
     """``conv2d_1`` -> ``Conv2D``: the class Keras 3 named a ``.weights.h5`` group after."""
     if not _SNAKE_CLASS:
-        from . import keras as keras_format
+        from . import archive as keras_format
 
         _SNAKE_CLASS.update({keras_format.snake(c): c for c in keras_layers.KIND_OF_CLASS})
     return _SNAKE_CLASS.get(snake) or _SNAKE_CLASS.get(re.sub(r"_\d+$", "", snake))
@@ -157,7 +158,7 @@ def _has_vars(group: Any) -> bool:
 def _walk_keras3(f: Any, path: str, out: list[Entry]) -> None:
     group = f[path] if path else f
     if "layers" in group:          # a model: its layers in natural-sort order (the file keeps no order)
-        from ..graph import natural_key
+        from ...graph import natural_key
 
         for child in sorted(group["layers"], key=natural_key):
             _walk_keras3(f, f"{path}/layers/{child}".lstrip("/"), out)

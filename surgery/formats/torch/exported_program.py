@@ -17,10 +17,10 @@ from __future__ import annotations
 import zipfile
 from typing import Any
 
-from . import template_of, zip_names
-from ..errors import fail
-from ..graph import Layer, LayerGraph
-from ..kinds import fold_attention_outputs, infer_kind, split_key
+from .. import template_of, zip_names
+from ...errors import fail
+from ...graph import Layer, LayerGraph
+from ...kinds import fold_attention_outputs, infer_kind, split_key
 from .torchscript import MODULE_KINDS, replace_tensors, tensor_param, tied_notes
 
 SUFFIXES = (".pt2",)

@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from . import template_of, zip_names
-from ..errors import fail
-from ..graph import LayerGraph
+from .. import template_of, zip_names
+from ...errors import fail
+from ...graph import LayerGraph
 
 SUFFIXES = (".keras",)
 _WEIGHTS = "model.weights.h5"

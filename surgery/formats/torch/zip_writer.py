@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SurgeryError
-from ..graph import Param
+from ...errors import SurgeryError
+from ...graph import Param
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")      # local file header, 30 bytes
 _CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")  # central directory header, 46 bytes

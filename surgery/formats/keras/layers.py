@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import layouts, lazy
-from .errors import SurgeryError
-from .graph import Layer, Param
-from .layouts import IDENTITY, Transform
+from ... import layouts, lazy
+from ...errors import SurgeryError
+from ...graph import Layer, Param
+from ...layouts import IDENTITY, Transform
 
 # Keras class -> canonical kind. Classes not listed pass through as ``unknown``.
 KIND_OF_CLASS: dict[str, str] = {

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import dtypes
-from ..errors import fail
+from ... import dtypes
+from ...errors import fail
 
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import fail
-from ..graph import LayerGraph
-from . import tf_checkpoint
+from ...errors import fail
+from ...graph import LayerGraph
+from . import checkpoint as tf_checkpoint
 
 SUFFIXES: tuple[str, ...] = ()
 PROTO = "saved_model.pb"
