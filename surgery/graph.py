@@ -137,7 +137,11 @@ class LayerGraph:
         format: the registry name of that file's format.
         meta: format-specific facts a writer of the same format may need, and
             ``notes``: things the reader recognised and the user should hear
-            (a stripped ``module.`` prefix, an unwrapped ``{"state_dict": ...}``).
+            (a stripped ``module.`` prefix, an unwrapped ``{"state_dict": ...}``), and
+            ``left_out``: every tensor the file holds that is not a param of a layer,
+            by its name in the file, with the reason (optimizer slot, step counter).
+            Readers account for every tensor: ``len(graph.state()) + len(graph.left_out)``
+            (tied tensors counted once per name) is what the file holds.
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class LayerGraph:
         self.format = format
         self.meta = meta if meta is not None else {}
         self.meta.setdefault("notes", [])
+        self.meta.setdefault("left_out", {})
 
     @classmethod
     def from_params(
@@ -199,6 +204,11 @@ class LayerGraph:
     @property
     def notes(self) -> list[str]:
         return self.meta["notes"]
+
+    @property
+    def left_out(self) -> dict[str, str]:
+        """Tensors of the file that are not layer params: ``{name in file: why}``."""
+        return self.meta["left_out"]
 
     def __repr__(self) -> str:
         return f"LayerGraph({self.path or '<memory>'}, {len(self)} layers, {self.numel:,} params)"
