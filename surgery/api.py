@@ -7,10 +7,10 @@ from typing import Any, Iterable
 
 from . import formats
 from .apply import Transplant, apply_plan, save
-from .diff import DiffReport, diff as _diff
+from .compare import DiffReport, diff as _diff
 from .errors import SurgeryError
 from .graph import LayerGraph
-from .plan import Plan, make_plan
+from .pairing import Plan, make_plan
 
 Source = "str | os.PathLike | LayerGraph"
 

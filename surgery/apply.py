@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, dtypes, formats, settings
+from . import dtypes, formats, settings
+from ._version import __version__
 from .errors import SurgeryError
 from .graph import Layer, LayerGraph
 from .io import atomic_path, progress, refuse_overwrite, sha256_file
 from .stream import streamed
-from .plan import Plan
+from .pairing import Plan
 
 
 @dataclass

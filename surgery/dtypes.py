@@ -7,51 +7,88 @@ and cast like any other, so nothing is ever widened silently.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import sys
+from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from .errors import SurgeryError
 
 
-class DType(NamedTuple):
-    name: str          # surgery's own name, also the torch attribute name
-    safetensors: str   # the code in a safetensors header
-    numpy: np.dtype    # the element type of the numpy array holding the data
+class DType:
+    """One element type: surgery's name, its safetensors code, and its numpy element type.
 
+    The numpy type is resolved on first use: the bfloat16 and float8 rows are
+    ``ml_dtypes`` types, and importing ``ml_dtypes`` costs most of a second, which
+    every command would pay at start-up if the table resolved it eagerly.
+    """
 
-def _row(name: str, code: str, np_type: object) -> DType:
-    return DType(name, code, np.dtype(np_type))
+    __slots__ = ("name", "safetensors", "_spec", "_numpy")
+
+    def __init__(self, name: str, safetensors: str, spec: str) -> None:
+        self.name = name              # surgery's own name, also the torch attribute name
+        self.safetensors = safetensors  # the code in a safetensors header
+        self._spec = spec             # "numpy:float32" or "ml_dtypes:bfloat16"
+        self._numpy: np.dtype | None = None
+
+    @property
+    def numpy(self) -> np.dtype:
+        """The element type of the numpy array holding the data."""
+        if self._numpy is None:
+            package, attr = self._spec.split(":")
+            module = np if package == "numpy" else __import__(package)
+            self._numpy = np.dtype(getattr(module, attr))
+        return self._numpy
+
+    @property
+    def extension(self) -> bool:
+        """True for the types numpy lacks, which ``ml_dtypes`` provides."""
+        return self._spec.startswith("ml_dtypes:")
+
+    def __repr__(self) -> str:
+        return f"DType({self.name!r}, {self.safetensors!r}, {self._spec!r})"
 
 
 TABLE: tuple[DType, ...] = (
-    _row("float64", "F64", np.float64),
-    _row("float32", "F32", np.float32),
-    _row("float16", "F16", np.float16),
-    _row("bfloat16", "BF16", ml_dtypes.bfloat16),
-    _row("float8_e4m3fn", "F8_E4M3", ml_dtypes.float8_e4m3fn),
-    _row("float8_e5m2", "F8_E5M2", ml_dtypes.float8_e5m2),
-    _row("float8_e4m3fnuz", "F8_E4M3FNUZ", ml_dtypes.float8_e4m3fnuz),
-    _row("float8_e5m2fnuz", "F8_E5M2FNUZ", ml_dtypes.float8_e5m2fnuz),
-    _row("float8_e8m0fnu", "F8_E8M0", ml_dtypes.float8_e8m0fnu),
-    _row("complex64", "C64", np.complex64),
-    _row("int64", "I64", np.int64),
-    _row("int32", "I32", np.int32),
-    _row("int16", "I16", np.int16),
-    _row("int8", "I8", np.int8),
-    _row("uint64", "U64", np.uint64),
-    _row("uint32", "U32", np.uint32),
-    _row("uint16", "U16", np.uint16),
-    _row("uint8", "U8", np.uint8),
-    _row("bool", "BOOL", np.bool_),
+    DType("float64", "F64", "numpy:float64"),
+    DType("float32", "F32", "numpy:float32"),
+    DType("float16", "F16", "numpy:float16"),
+    DType("bfloat16", "BF16", "ml_dtypes:bfloat16"),
+    DType("float8_e4m3fn", "F8_E4M3", "ml_dtypes:float8_e4m3fn"),
+    DType("float8_e5m2", "F8_E5M2", "ml_dtypes:float8_e5m2"),
+    DType("float8_e4m3fnuz", "F8_E4M3FNUZ", "ml_dtypes:float8_e4m3fnuz"),
+    DType("float8_e5m2fnuz", "F8_E5M2FNUZ", "ml_dtypes:float8_e5m2fnuz"),
+    DType("float8_e8m0fnu", "F8_E8M0", "ml_dtypes:float8_e8m0fnu"),
+    DType("complex64", "C64", "numpy:complex64"),
+    DType("int64", "I64", "numpy:int64"),
+    DType("int32", "I32", "numpy:int32"),
+    DType("int16", "I16", "numpy:int16"),
+    DType("int8", "I8", "numpy:int8"),
+    DType("uint64", "U64", "numpy:uint64"),
+    DType("uint32", "U32", "numpy:uint32"),
+    DType("uint16", "U16", "numpy:uint16"),
+    DType("uint8", "U8", "numpy:uint8"),
+    DType("bool", "BOOL", "numpy:bool_"),
 )
 
 BY_NAME = {d.name: d for d in TABLE}
 BY_SAFETENSORS = {d.safetensors: d for d in TABLE}
-BY_NUMPY = {d.numpy: d for d in TABLE}
 
 FLOATING = frozenset(d.name for d in TABLE if d.name.startswith(("float", "bfloat")))
+
+
+def from_numpy(np_dtype: Any) -> DType:
+    """The row for a numpy element type; raises SurgeryError when surgery has none.
+
+    An ml_dtypes element type can only be met once ``ml_dtypes`` is imported, so its
+    rows are only resolved then.
+    """
+    np_dtype = np.dtype(np_dtype)
+    extensions = "ml_dtypes" in sys.modules
+    for row in TABLE:
+        if (extensions or not row.extension) and row.numpy == np_dtype:
+            return row
+    raise SurgeryError(f"numpy dtype {np_dtype} has no surgery equivalent")
 
 
 def get(name: str) -> DType:
@@ -64,10 +101,7 @@ def get(name: str) -> DType:
 
 def of_array(arr: np.ndarray) -> str:
     """The surgery dtype name of a numpy array."""
-    try:
-        return BY_NUMPY[arr.dtype].name
-    except KeyError:
-        raise SurgeryError(f"numpy dtype {arr.dtype} has no surgery equivalent") from None
+    return from_numpy(arr.dtype).name
 
 
 def itemsize(name: str) -> int:

@@ -9,7 +9,7 @@ import re
 
 if TYPE_CHECKING:
     from .graph import LayerGraph
-    from .plan import Plan
+    from .pairing import Plan
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

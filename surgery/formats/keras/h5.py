@@ -262,8 +262,8 @@ def _dtype(ds: Any, ds_path: str, path: str) -> str:
     if ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):
         return "bfloat16"
     try:
-        return dtypes.BY_NUMPY[np.dtype(ds.dtype)].name
-    except (KeyError, TypeError):
+        return dtypes.from_numpy(ds.dtype).name
+    except (SurgeryError, TypeError):
         raise fail(path, f"dataset {ds_path} has dtype {ds.dtype}, which surgery does not know") from None
 
 

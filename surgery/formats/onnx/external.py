@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ... import dtypes
-from ...errors import fail
+from ...errors import SurgeryError, fail
 
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
@@ -37,8 +37,8 @@ def surgery_dtype(tensor: Any) -> str | None:
     from onnx import helper
 
     try:
-        return dtypes.BY_NUMPY[np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))].name
-    except (KeyError, TypeError, ValueError):
+        return dtypes.from_numpy(helper.tensor_dtype_to_np_dtype(tensor.data_type)).name
+    except (SurgeryError, KeyError, TypeError, ValueError):
         return None
 
 
