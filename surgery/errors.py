@@ -32,3 +32,9 @@ class PlanError(SurgeryError):
 def fail(path: object, problem: str, cls: type[SurgeryError] = FormatError) -> SurgeryError:
     """Build an error whose message starts with the file it is about."""
     return cls(f"{path}: {problem}")
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (a framework's error can run to pages), or its type."""
+    text = str(exc).strip().splitlines()
+    return text[0][:limit] if text else type(exc).__name__

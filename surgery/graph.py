@@ -163,15 +163,6 @@ class LayerGraph:
         self.meta.setdefault("notes", [])
         self.meta.setdefault("left_out", {})
 
-    @classmethod
-    def from_params(
-        cls, params: Mapping[str, Param], *, natural_order: bool = False, **kwargs: Any
-    ) -> "LayerGraph":
-        """Group a flat ``name -> Param`` mapping into layers and infer their kinds."""
-        from .kinds import group
-
-        return cls(group(params, natural_order=natural_order), **kwargs)
-
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers.values())
 

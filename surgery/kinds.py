@@ -9,9 +9,9 @@ them recognises is ``unknown`` and passes through unchanged.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
-from .graph import Layer, Param, natural_key
+from .graph import Layer, LayerGraph, Param, natural_key
 
 KINDS = (
     "dense", "conv1d", "conv2d", "conv3d", "conv_transpose", "depthwise_conv2d",
@@ -27,6 +27,14 @@ def split_key(key: str) -> tuple[str, str]:
     """``features.0.weight`` -> (``features.0``, ``weight``); a bare ``cls_token`` -> (``cls_token``, "")."""
     layer, dot, role = key.rpartition(".")
     return (layer, role) if dot else (key, "")
+
+
+def graph_of_params(params: Mapping[str, Param], *, natural_order: bool = False, **kwargs: Any) -> LayerGraph:
+    """A LayerGraph from a flat ``name -> Param`` mapping: grouped into layers, kinds inferred.
+
+    ``kwargs`` go to ``LayerGraph`` (``path``, ``format``, ``meta``).
+    """
+    return LayerGraph(group(params, natural_order=natural_order), **kwargs)
 
 
 def group(params: Mapping[str, Param], *, natural_order: bool = False) -> list[Layer]:

@@ -4,6 +4,7 @@ import pytest
 import surgery
 from surgery.errors import MapError, PlanError
 from surgery.graph import LayerGraph, Param
+from surgery.kinds import graph_of_params
 
 
 def graph(**tensors):
@@ -13,7 +14,7 @@ def graph(**tensors):
     for key, spec in tensors.items():
         shape, dtype = spec if isinstance(spec[0], tuple) else (spec, np.float32)
         params[key] = Param.from_array(rng.standard_normal(shape).astype(dtype), key=key)
-    return LayerGraph.from_params(params, path="mem")
+    return graph_of_params(params, path="mem")
 
 
 SRC = dict(**{"features.0.weight": (4, 3, 3, 3), "features.0.bias": (4,), "features.1.weight": (4,),

@@ -4,6 +4,7 @@ import pytest
 from surgery.errors import FormatError
 from surgery.graph import LayerGraph, Param
 from surgery.stream import ReadAhead, streamed
+from surgery.kinds import graph_of_params
 
 
 def test_read_ahead_in_and_out_of_order():
@@ -44,7 +45,7 @@ def test_streamed_graph_reports_each_tensor_once_and_skips_tied_aliases():
     shared = Param.from_array(np.arange(4, dtype=np.float32), key="embed.weight", ident="one")
     params = {"embed.weight": shared, "head.weight": shared, "fc.bias": Param.from_array(np.ones(3, np.float32))}
     seen = []
-    graph, ahead = streamed(LayerGraph.from_params(params), lambda key, arr: seen.append(key))
+    graph, ahead = streamed(graph_of_params(params), lambda key, arr: seen.append(key))
     try:
         values = {k: p.read() for k, p in graph.tensors() if k != "head.weight"}
     finally:

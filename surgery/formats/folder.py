@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import fail
 from ..graph import LayerGraph
+from ..kinds import graph_of_params
 
 SUFFIXES: tuple[str, ...] = ()
 CANDIDATES = (
@@ -96,7 +97,7 @@ def _read_torch_shards(index_path: str, **options: Any) -> LayerGraph:
         graph = torch_format.read(os.path.join(folder, shard), **options)
         params.update(graph.state())
         notes.extend(graph.notes)
-    graph = LayerGraph.from_params(params, path=index_path, format="torch_shards")
+    graph = graph_of_params(params, path=index_path, format="torch_shards")
     graph.notes.extend(notes)
     return graph
 

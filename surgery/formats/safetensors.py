@@ -21,6 +21,7 @@ from .. import dtypes
 from ..errors import fail
 from ..graph import LayerGraph, Param
 from ..io import span_loader
+from ..kinds import graph_of_params
 
 SUFFIXES = (".safetensors",)
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -45,7 +46,7 @@ def read(path: str, **_: Any) -> LayerGraph:
     else:
         params, metadata = _read_file(path)
     notes = _restore_aliases(path, params, metadata)
-    graph = LayerGraph.from_params(params, natural_order=True, path=path, format="safetensors")
+    graph = graph_of_params(params, natural_order=True, path=path, format="safetensors")
     graph.meta["metadata"] = metadata
     graph.notes.extend(notes)
     return graph

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import sys
 import warnings
 from typing import Any
 
 import numpy as np
 
-from ..errors import SurgeryError, fail
+from ..errors import SurgeryError, fail, first_line
 
 # Keras role name -> canonical (PyTorch) role name, for the report's hints.
 _ROLES = {"kernel": "weight", "gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
@@ -23,10 +22,9 @@ _ROLES = {"kernel": "weight", "gamma": "weight", "beta": "bias", "moving_mean": 
 
 
 def _keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter is not our output
-    import keras
+    from ..quiet import quiet_keras
 
-    return keras
+    return quiet_keras()
 
 
 def is_model(obj: Any) -> bool:
@@ -48,7 +46,7 @@ def is_whole_model(path: str) -> bool:
         with h5py.File(path, "r") as f:
             return "model_config" in f.attrs
     except OSError as exc:
-        raise fail(path, f"not a readable HDF5 file ({_first_line(exc)})") from None
+        raise fail(path, f"not a readable HDF5 file ({first_line(exc)})") from None
 
 
 def load_model(path: str) -> Any:
@@ -57,7 +55,7 @@ def load_model(path: str) -> Any:
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
-        raise fail(path, f"cannot load it as a Keras model: {_first_line(exc)}") from None
+        raise fail(path, f"cannot load it as a Keras model: {first_line(exc)}") from None
 
 
 def load_weights(model: Any, path: str) -> str:
@@ -66,7 +64,7 @@ def load_weights(model: Any, path: str) -> str:
         try:
             model.load_weights(path)
         except Exception as exc:
-            raise fail(path, f"cannot load its weights into the factory's model: {_first_line(exc)}") from None
+            raise fail(path, f"cannot load its weights into the factory's model: {first_line(exc)}") from None
         return "keras load_weights"
     from ..api import load_into
 
@@ -101,7 +99,7 @@ class KerasRunner:
             out = _call(self.model, feeds)
         except Exception as exc:
             raise SurgeryError(f"{self.label}: the model failed on inputs "
-                               f"{[list(a.shape) for a in feeds.values()]}: {_first_line(exc)}") from None
+                               f"{[list(a.shape) for a in feeds.values()]}: {first_line(exc)}") from None
         names = list(getattr(self.model, "output_names", None) or [])
         outs = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (list, tuple)) else [out]
         if len(names) != len(outs):
@@ -117,7 +115,7 @@ class KerasRunner:
             probe = keras.Model(self.model.inputs, probes)
         except Exception as exc:
             raise SurgeryError(f"{self.label}: cannot read per-layer outputs of this model "
-                               f"(a functional or Sequential model with an Input is needed): {_first_line(exc)}") from None
+                               f"(a functional or Sequential model with an Input is needed): {first_line(exc)}") from None
         values = _call(probe, feeds)
         values = [np.asarray(keras.ops.convert_to_numpy(v)) for v in values]
         return [(layer.name, values[2 * i], values[2 * i + 1]) for i, layer in enumerate(layers)]
@@ -144,9 +142,9 @@ class KerasRunner:
                 warnings.simplefilter("ignore")
                 self.model.export(path, format="onnx")
         except ImportError as exc:
-            raise SurgeryError(f"Keras ONNX export is unavailable here ({_first_line(exc)})") from None
+            raise SurgeryError(f"Keras ONNX export is unavailable here ({first_line(exc)})") from None
         except Exception as exc:
-            raise SurgeryError(f"Keras ONNX export failed: {_first_line(exc)}") from None
+            raise SurgeryError(f"Keras ONNX export failed: {first_line(exc)}") from None
         return "keras model.export(format='onnx')"
 
 
@@ -164,8 +162,3 @@ def _layers(model: Any) -> list[Any]:
 
 def _first(tensor: Any) -> Any:
     return tensor[0] if isinstance(tensor, (list, tuple)) else tensor
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SurgeryError, fail
+from ..errors import SurgeryError, fail, first_line
 
 # ONNX Runtime's type strings -> numpy, for the inputs it declares.
 _ORT_TYPES = {
@@ -31,13 +31,10 @@ def load_model(path: str) -> Any:
         model = onnx.load(path)
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError...
-        raise fail(path, f"not a valid ONNX model ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise fail(path, f"not a valid ONNX model ({type(exc).__name__}: {first_line(exc)})") from None
     return model
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 class OnnxRunner:
@@ -81,7 +78,7 @@ class OnnxRunner:
         try:
             outs = ReferenceEvaluator(self.model).run(None, feeds)
         except Exception as exc:  # an operator the reference lacks, or a shape error
-            raise SurgeryError(f"{self.path}: the ONNX reference evaluator failed: {_first_line(exc)}") from None
+            raise SurgeryError(f"{self.path}: the ONNX reference evaluator failed: {first_line(exc)}") from None
         return [(name, np.asarray(out)) for name, out in zip(self.output_names(), outs)]
 
     def trace(self, feeds: dict[str, np.ndarray]) -> list[tuple[str, None, np.ndarray]]:
@@ -110,14 +107,14 @@ def _session(data: bytes, path: str) -> Any:
     try:
         return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise fail(path, f"ONNX Runtime cannot load it: {_first_line(exc)}") from None
+        raise fail(path, f"ONNX Runtime cannot load it: {first_line(exc)}") from None
 
 
 def _run(session: Any, feeds: dict[str, np.ndarray], path: str) -> list[np.ndarray]:
     try:
         return [np.asarray(o) for o in session.run(None, feeds)]
     except Exception as exc:  # wrong input names, shapes or dtypes
-        raise SurgeryError(f"{path}: ONNX Runtime failed to run it: {_first_line(exc)}") from None
+        raise SurgeryError(f"{path}: ONNX Runtime failed to run it: {first_line(exc)}") from None
 
 
 def mark_all(model: Any) -> tuple[Any, list[tuple[str, str]]]:

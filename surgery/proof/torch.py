@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import SurgeryError, fail
+from ..errors import SurgeryError, fail, first_line
 
 # Module types whose presence means the network computes channels-first.
 _SPATIAL = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
@@ -50,7 +50,7 @@ def load_archive(path: str, kind: str) -> Any:
             return torch.jit.load(path, map_location="cpu")
         return torch.export.load(path)
     except Exception as exc:
-        raise fail(path, f"cannot load this {kind} archive: {_first_line(exc)}") from None
+        raise fail(path, f"cannot load this {kind} archive: {first_line(exc)}") from None
 
 
 def load_weights(module: Any, path: str) -> str:
@@ -78,7 +78,7 @@ def load_weights(module: Any, path: str) -> str:
     except SurgeryError:
         raise
     except Exception as exc:
-        raise fail(path, f"cannot load it into the factory's network: {_first_line(exc)}") from None
+        raise fail(path, f"cannot load it into the factory's network: {first_line(exc)}") from None
     return "state_dict (strict)"
 
 
@@ -141,7 +141,7 @@ class TorchRunner:
                 out = self.module(*args)
         except Exception as exc:
             raise SurgeryError(f"{self.label}: the network failed on inputs "
-                               f"{_shapes(feeds)}: {_first_line(exc)}") from None
+                               f"{_shapes(feeds)}: {first_line(exc)}") from None
         return list(_flatten_outputs(out))
 
     def trace(self, feeds: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray | None, np.ndarray]]:
@@ -208,7 +208,7 @@ def _export(call: Any, how: str) -> str:
             warnings.simplefilter("ignore")
             call()
     except Exception as exc:
-        raise SurgeryError(f"ONNX export failed: {_first_line(exc)}") from None
+        raise SurgeryError(f"ONNX export failed: {first_line(exc)}") from None
     finally:
         quiet.setLevel(level)
     return how
@@ -251,9 +251,3 @@ def _np_dtype(tensor: Any) -> Any:
 
 def _shapes(feeds: dict[str, np.ndarray]) -> str:
     return ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-

@@ -11,6 +11,7 @@ from surgery.graph import LayerGraph, Param
 from tests.conftest import FIXTURES, TORCH
 
 from .conftest import KERAS_FIXTURES, assert_close
+from surgery.kinds import graph_of_params
 
 REVERSE = {"layers": {"features.0": "block1_conv1", "features.2": "block1_bn", "features.4": "block2_conv1",
                       "features.6": "block2_bn", "classifier.1": "fc1", "classifier.3": "predictions"}}
@@ -41,7 +42,7 @@ def test_no_activation_warning_for_recurrent_layers_and_no_groups_warning_for_se
 
     lstm = keras.layers.LSTM(3)
     lstm(np.zeros((1, 2, 4), "float32"))
-    dst = LayerGraph.from_params({f"lstm.{k}": Param.from_array(v.detach().numpy()) for k, v in
+    dst = graph_of_params({f"lstm.{k}": Param.from_array(v.detach().numpy()) for k, v in
                                   torch.nn.LSTM(4, 3).state_dict().items()})
     src = LayerGraph([canonical_of_keras(lstm)])
     plan = surgery.plan(src, dst, {"rename": {"^.*$": "lstm"}})
@@ -50,7 +51,7 @@ def test_no_activation_warning_for_recurrent_layers_and_no_groups_warning_for_se
     sep = keras.layers.SeparableConv2D(5, 3, depth_multiplier=2)
     sep(np.zeros((1, 6, 6, 3), "float32"))
     convs = {"dw": torch.nn.Conv2d(3, 6, 3, groups=3, bias=False), "pw": torch.nn.Conv2d(6, 5, 1)}
-    dst = LayerGraph.from_params({f"{n}.{k}": Param.from_array(v.detach().numpy())
+    dst = graph_of_params({f"{n}.{k}": Param.from_array(v.detach().numpy())
                                   for n, m in convs.items() for k, v in m.state_dict().items()})
     plan = surgery.plan(LayerGraph([canonical_of_keras(sep)]), dst, {"layers": {sep.name: ["dw", "pw"]}})
     assert not any("groups" in w for w in plan.warnings), plan.warnings

@@ -9,6 +9,7 @@ import surgery
 from surgery.errors import PlanError
 
 from .conftest import KERAS_FIXTURES, assert_close
+from surgery.kinds import graph_of_params
 
 VGG_MAP = {"version": 1, "layers": {
     "block1_conv1": "features.0", "block1_bn": "features.2", "block2_conv1": "features.4",
@@ -115,7 +116,7 @@ def test_load_into_live_keras_model(keras, torch, rng):
 
     graph = live.graph_of(kmodel)
     assert [l.kind for l in graph] == ["lstm", "gru", "dense"]
-    src = surgery.LayerGraph.from_params({k: surgery.Param.from_array(v.detach().numpy().copy(), key=k)
+    src = graph_of_params({k: surgery.Param.from_array(v.detach().numpy().copy(), key=k)
                                           for k, v in tnet.net.state_dict().items()})
     result = surgery.load_into(kmodel, src, freeze=["lstm"])
     assert result.plan.pairs

@@ -13,6 +13,7 @@ from surgery.formats.tf import saved_model
 from surgery.formats.tf import checkpoint as tf_checkpoint
 
 from .conftest import SAVED_MODEL, TF1, TF2
+from surgery.kinds import graph_of_params
 
 
 def entries(prefix, tf) -> dict[str, object]:
@@ -48,7 +49,7 @@ def test_changed_weights_land_in_native_layout_and_restore_into_keras(tmp_path, 
 def test_graph_from_elsewhere_becomes_a_fresh_tf2_checkpoint(tmp_path, tf):
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
-    graph = LayerGraph.from_params({
+    graph = graph_of_params({
         "features.0.weight": Param.from_array(weight),
         "features.0.bias": Param.from_array(np.ones(4, np.float32)),
         "head.weight": Param.from_array(rng.normal(size=(2, 4)).astype(np.float32)),

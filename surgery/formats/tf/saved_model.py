@@ -16,7 +16,7 @@ from typing import Any
 
 from ...errors import fail
 from ...graph import LayerGraph
-from . import checkpoint as tf_checkpoint
+from . import reader as tf_checkpoint
 
 SUFFIXES: tuple[str, ...] = ()
 PROTO = "saved_model.pb"

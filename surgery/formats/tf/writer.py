@@ -1,7 +1,7 @@
 """Writing TensorFlow checkpoints: over a template's keys, or fresh; several files, atomically.
 
 The format's face (``tf_checkpoint.write``) calls ``write`` here; reading stays
-in ``tf_checkpoint``. TensorFlow is imported only inside the functions.
+in ``reader``. TensorFlow is imported only inside the functions.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..keras import layers as keras_layers
 from ...errors import fail
 from ...graph import Layer, LayerGraph, Param
 from ...io import fsync_path
-from .checkpoint import INDEX, _tf, open_reader, prefix_of, scan
+from .reader import INDEX, import_tf, open_reader, prefix_of, scan
 
 
 def write(graph: LayerGraph, prefix: str, *, shown: str) -> None:
@@ -46,7 +46,7 @@ def template_prefix(graph: LayerGraph) -> str | None:
 
 def _write_like(graph: LayerGraph, template: str, tmp: str, *, shown: str) -> None:
     reader = open_reader(template, template)
-    entries, _ = scan(reader, template)
+    entries, _, _ = scan(reader, template)
     where = {(e.layer, e.var): e.key for e in entries}
     shapes = {(e.layer, e.var): e.shape for e in entries}
     tensors: dict[str, Any] = {}
@@ -77,7 +77,7 @@ def _hints(layer: str, shapes: dict[tuple[str, str], tuple[int, ...]]) -> dict[s
 
 def _write_fresh(graph: LayerGraph, tmp: str) -> None:
     """A ``tf.train.Checkpoint(layers={...})`` whose nested dicts follow the ``/`` in the names."""
-    tf = _tf()
+    tf = import_tf()
     tree: dict[str, Any] = {}
     for layer in graph:
         for var, arr in _native_arrays(layer).items():
@@ -99,7 +99,7 @@ def _native_arrays(layer: Layer, config: dict | None = None) -> dict[str, np.nda
 
 
 def _save(prefix: str, tensors: dict[str, Any]) -> None:
-    tf = _tf()
+    tf = import_tf()
     names = list(tensors)
     values = [tf.constant(tensors[n]) for n in names]
     tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=values)

@@ -22,6 +22,7 @@ from ...errors import UnsafePickleError, fail
 from .. import zip_names
 from ...graph import LayerGraph, Param
 from ...io import span_loader
+from ...kinds import graph_of_params
 
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_ema", "ema")
@@ -59,7 +60,7 @@ def read(path: str, *, unsafe_pickle: bool = False, **_: Any) -> LayerGraph:
         notes.append(f"{len(skipped)} non-tensor entries ignored: {', '.join(skipped[:5])}")
     spans = _file_spans(path, state) if zipfile.is_zipfile(path) else {}
     params = {key: _param(key, tensor, path, spans.get(key)) for key, tensor in state.items()}
-    graph = LayerGraph.from_params(params, path=path, format="torch")
+    graph = graph_of_params(params, path=path, format="torch")
     graph.meta.update(wrapper=wrapper, prefix=prefix)
     graph.notes.extend(notes + _tied_notes(params))
     return graph
