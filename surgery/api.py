@@ -6,11 +6,11 @@ import os
 from typing import Any, Iterable
 
 from . import formats
-from .apply import Transplant, apply_plan, save
+from .apply import Transplant, save, transplant_graphs
 from .compare import DiffReport, diff as _diff
 from .errors import SurgeryError
 from .graph import LayerGraph
-from .pairing import Plan, make_plan
+from .pairing import Plan, StrictError, make_plan
 
 Source = "str | os.PathLike | LayerGraph"
 
@@ -49,25 +49,8 @@ def transplant(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str]
             initialised that the map did not ``keep``, or a source layer is unused
             that the map did not ``skip``.
     """
-    p = plan(src, dst, mapping, freeze=freeze, match=match, unsafe_pickle=unsafe_pickle)
-    if strict and not p.strict_ok:
-        raise StrictError(p)
-    return apply_plan(p)
-
-
-class StrictError(SurgeryError):
-    """``strict`` transplant refused: something was left unpaired. Carries the plan."""
-
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        parts = []
-        if plan.uncovered:
-            parts.append(f"destination layers left as initialised: {', '.join(plan.uncovered)}")
-        if plan.unused:
-            parts.append(f"source layers unused: {', '.join(plan.unused)}")
-        if plan.dropped:
-            parts.append(f"source tensors with no destination: {', '.join(plan.dropped)}")
-        super().__init__("strict: " + "; ".join(parts) + " (pair them, or list them under keep/skip)")
+    return transplant_graphs(load(src, unsafe_pickle=unsafe_pickle), load(dst, unsafe_pickle=unsafe_pickle),
+                             mapping, freeze=freeze, strict=strict, match=match)
 
 
 def diff(a: Any, b: Any, *, unsafe_pickle: bool = False) -> DiffReport:
@@ -107,10 +90,6 @@ def verify_transplant(result: Transplant, *, factory: str | None = None, input_s
     return report
 
 
-def _is_keras(obj: Any) -> bool:
-    return type(obj).__module__.startswith(("keras", "tf_keras"))
-
-
 def load_into(model: Any, path: Any, mapping: Any = None, *, freeze: Iterable[str] = (), strict: bool = False,
               unsafe_pickle: bool = False) -> Transplant:
     """Copy a checkpoint's weights into a live ``torch.nn.Module`` (or ``keras.Model``) and freeze layers.
@@ -120,26 +99,15 @@ def load_into(model: Any, path: Any, mapping: Any = None, *, freeze: Iterable[st
     Example:
         >>> surgery.load_into(net, "vgg16.h5", mapping="map.yaml", freeze=["features.*"])  # doctest: +SKIP
     """
-    if _is_keras(model):
-        from .live import keras as live
-    else:
-        from .live import torch as live
-    dst = live.graph_of(model)
-    result = transplant(path, dst, mapping, freeze=freeze, strict=strict, unsafe_pickle=unsafe_pickle)
-    values = {t.destination: t.param.read() for p in result.plan.pairs for t in p.tensors}
-    live.assign(model, values)
-    live.set_attrs(model, result.graph)
-    if result.plan.frozen:
-        live.freeze(model, result.plan.frozen)
-    return result
+    from . import live
+
+    return live.load_into(model, path, mapping, freeze=freeze, strict=strict, unsafe_pickle=unsafe_pickle)
 
 
 def freeze(model: Any, globs: Iterable[str]) -> list[str]:
     """Freeze a live model's layers by glob (``requires_grad=False`` / ``trainable=False``)."""
-    if _is_keras(model):
-        from .live import keras as live
-    else:
-        from .live import torch as live
+    from . import live
+
     return live.freeze(model, globs)
 
 

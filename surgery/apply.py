@@ -13,7 +13,7 @@ import json
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from .errors import SurgeryError
 from .graph import Layer, LayerGraph
 from .io import atomic_path, progress, refuse_overwrite, sha256_file
 from .stream import streamed
-from .pairing import Plan
+from .pairing import Plan, StrictError, make_plan
 
 
 @dataclass
@@ -56,6 +56,19 @@ class Transplant:
         from .render import plan_text
 
         return plan_text(self.plan, warnings=self.warnings)
+
+
+def transplant_graphs(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: Iterable[str] = (),
+                      strict: bool = False, match: str | None = None) -> Transplant:
+    """Plan and apply between two graphs already read: the destination with the source's weights, lazily.
+
+    Raises:
+        StrictError: with ``strict=True``, when the plan leaves something unpaired.
+    """
+    plan = make_plan(src, dst, mapping, freeze=freeze, match=match)
+    if strict and not plan.strict_ok:
+        raise StrictError(plan)
+    return apply_plan(plan)
 
 
 def apply_plan(plan: Plan) -> Transplant:

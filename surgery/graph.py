@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Hashable, Iterable, Iterator
 
 import numpy as np
 
@@ -203,6 +203,25 @@ class LayerGraph:
 
     def __repr__(self) -> str:
         return f"LayerGraph({self.path or '<memory>'}, {len(self)} layers, {self.numel:,} params)"
+
+
+def tied_aliases(tensors: Iterable[tuple[str, Param]]) -> dict[str, str]:
+    """``alias -> kept`` for every tensor that is one storage with an earlier one (tied weights)."""
+    first: dict = {}
+    out = {}
+    for key, param in tensors:
+        if param.ident is None:
+            continue
+        if param.ident in first:
+            out[key] = first[param.ident]
+        else:
+            first[param.ident] = key
+    return out
+
+
+def tied_notes(tensors: Iterable[tuple[str, Param]]) -> list[str]:
+    """One note per tied tensor, for ``graph.notes``."""
+    return [f"{alias} is tied to {kept} (one storage)" for alias, kept in tied_aliases(tensors).items()]
 
 
 _NUM = re.compile(r"(\d+)")

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import adapters, layouts, settings
-from .errors import PlanError
+from .errors import PlanError, SurgeryError
 from .graph import BOOKKEEPING, KIND_ALIASES, Layer, LayerGraph, Param
 from .mapping import Mapping, load_map
 
@@ -97,6 +97,21 @@ class Plan:
         from .render import plan_text
 
         return plan_text(self)
+
+
+class StrictError(SurgeryError):
+    """``strict`` transplant refused: something was left unpaired. Carries the plan."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        parts = []
+        if plan.uncovered:
+            parts.append(f"destination layers left as initialised: {', '.join(plan.uncovered)}")
+        if plan.unused:
+            parts.append(f"source layers unused: {', '.join(plan.unused)}")
+        if plan.dropped:
+            parts.append(f"source tensors with no destination: {', '.join(plan.dropped)}")
+        super().__init__("strict: " + "; ".join(parts) + " (pair them, or list them under keep/skip)")
 
 
 def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: Iterable[str] = (),

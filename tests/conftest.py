@@ -37,7 +37,7 @@ def assert_same_as_torch(state, tensors):
     """
     import numpy as np
 
-    from surgery.formats.torch.state_dict import to_numpy
+    from surgery.formats.torch.common import to_numpy
 
     assert set(state) == set(tensors), sorted(set(state) ^ set(tensors))
     for key, tensor in tensors.items():

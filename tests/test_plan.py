@@ -3,7 +3,7 @@ import pytest
 
 import surgery
 from surgery.errors import MapError, PlanError
-from surgery.graph import LayerGraph, Param
+from surgery.graph import Param
 from surgery.kinds import graph_of_params
 
 

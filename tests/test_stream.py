@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from surgery.errors import FormatError
-from surgery.graph import LayerGraph, Param
+from surgery.graph import Param
 from surgery.stream import ReadAhead, streamed
 from surgery.kinds import graph_of_params
 

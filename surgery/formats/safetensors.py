@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import fail
-from ..graph import LayerGraph, Param
+from ..graph import LayerGraph, Param, tied_aliases
 from ..io import span_loader
 from ..kinds import graph_of_params
 
@@ -190,16 +190,7 @@ def _stored(graph: LayerGraph) -> Iterator[tuple[str, Param]]:
 
 def aliases(graph: LayerGraph) -> dict[str, str]:
     """``alias -> kept`` for every tensor that shares storage with an earlier one."""
-    first: dict = {}
-    out = {}
-    for key, param in graph.tensors():
-        if param.ident is None:
-            continue
-        if param.ident in first:
-            out[key] = first[param.ident]
-        else:
-            first[param.ident] = key
-    return out
+    return tied_aliases(graph.tensors())
 
 
 def write(graph: LayerGraph, path: str, *, metadata: dict[str, str] | None = None, **_: Any) -> None:

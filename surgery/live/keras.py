@@ -62,7 +62,7 @@ def _apply_config(model: Any, graph: LayerGraph) -> None:
     """What only the architecture tells (which Dense follows a Flatten, in which order), as for a ``.keras`` file."""
     import keras
 
-    from ..formats.keras import archive as keras_format
+    from ..formats.keras import config as keras_config
 
     try:
         config = keras.saving.serialize_keras_object(model)
@@ -70,7 +70,7 @@ def _apply_config(model: Any, graph: LayerGraph) -> None:
         graph.notes.append(f"the model's config could not be read ({type(e).__name__}: {e}); "
                            "Flatten orders must be given with the map's `flatten:`")
         return
-    keras_format.apply_config(graph, config)
+    keras_config.apply_config(graph, config)
     for layer in leaf_layers(model):  # the live flags win over the serialised ones
         if layer.name in graph:
             graph[layer.name].frozen = not layer.trainable

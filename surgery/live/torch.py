@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import torch
 
 from ..errors import SurgeryError
-from ..formats.torch.state_dict import to_numpy, to_tensor
+from ..formats.torch.common import dtype_name, to_numpy, to_tensor
 from ..graph import LayerGraph, Param
 from ..kinds import group
 
@@ -49,7 +49,7 @@ def _attrs(module: torch.nn.Module) -> dict[str, Any]:
 def graph_of(module: torch.nn.Module) -> LayerGraph:
     """The module's state as a LayerGraph whose params read the live tensors."""
     state = module.state_dict(keep_vars=True)
-    params = {k: Param(t.shape, str(t.dtype).removeprefix("torch."), lambda t=t: to_numpy(t.detach()), key=k)
+    params = {k: Param(t.shape, dtype_name(t.dtype), lambda t=t: to_numpy(t.detach()), key=k)
               for k, t in state.items()}
     layers = group(params)
     modules = dict(module.named_modules())

@@ -66,7 +66,7 @@ def load_weights(model: Any, path: str) -> str:
         except Exception as exc:
             raise fail(path, f"cannot load its weights into the factory's model: {first_line(exc)}") from None
         return "keras load_weights"
-    from ..api import load_into
+    from ..live import load_into
 
     load_into(model, path)
     return "surgery.load_into"

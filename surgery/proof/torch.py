@@ -83,7 +83,7 @@ def load_weights(module: Any, path: str) -> str:
 
 
 def _load_into(module: Any, path: str) -> str:
-    from ..api import load_into
+    from ..live import load_into
 
     load_into(module, path)
     return "surgery.load_into"

@@ -21,7 +21,7 @@ CNN_LAYERS = [("features.0", "conv2d"), ("features.1", "batch_norm"), ("fc", "de
 
 def oracle(graph, state) -> None:
     """Every tensor of torch's own state_dict, key by key, equals the graph's."""
-    from surgery.formats.torch.state_dict import to_numpy
+    from surgery.formats.torch.common import to_numpy
 
     ours = graph.state()
     assert set(ours) == set(state), f"keys differ: only ours {set(ours) - set(state)}, only torch {set(state) - set(ours)}"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from surgery.errors import FormatError
-from surgery.graph import Layer, LayerGraph, Param
+from surgery.graph import Layer, Param
 from surgery.formats.tf import saved_model
 from surgery.formats.tf import checkpoint as tf_checkpoint
 

@@ -28,6 +28,7 @@ import numpy as np
 from ... import dtypes
 from . import layers as keras_layers
 from .. import template_of
+from . import config as keras_config
 from ...errors import SurgeryError, fail
 from ...graph import Layer, LayerGraph, Param
 
@@ -83,14 +84,13 @@ def read(path: str, *, config: dict | None = None, opener: Callable[[], Any] | N
     Raises:
         FormatError: not HDF5, or not a layout Keras writes.
     """
-    from . import archive as keras_format
 
     opener = opener or opener_for(path)
     try:
         with opener() as f:
             layout = _layout(f, path)
             model_config = config or _model_config(f, path)
-            specs = keras_format.layer_specs(model_config) if model_config else []
+            specs = keras_config.layer_specs(model_config) if model_config else []
             entries = _keras3_entries(f, specs) if layout == "keras3" else _legacy_entries(f, layout, specs)
             layers = [_to_layer(f, e, path, opener) for e in entries]
     except SurgeryError:
@@ -100,7 +100,7 @@ def read(path: str, *, config: dict | None = None, opener: Callable[[], Any] | N
     graph = LayerGraph(layers, path=path, format="h5",
                        meta={"h5": {"layout": layout, "entries": {e.name: e for e in entries}}})
     if model_config:
-        keras_format.apply_config(graph, model_config)
+        keras_config.apply_config(graph, model_config)
     else:
         graph.notes.append("no model config: variable names inferred from each layer's class and count")
     return graph
@@ -133,9 +133,8 @@ def _attr_list(group: Any, name: str) -> list[str]:
 def class_of_snake(snake: str) -> str | None:
     """``conv2d_1`` -> ``Conv2D``: the class Keras 3 named a ``.weights.h5`` group after."""
     if not _SNAKE_CLASS:
-        from . import archive as keras_format
-
-        _SNAKE_CLASS.update({keras_format.snake(c): c for c in keras_layers.KIND_OF_CLASS})
+    
+        _SNAKE_CLASS.update({keras_config.snake(c): c for c in keras_layers.KIND_OF_CLASS})
     return _SNAKE_CLASS.get(snake) or _SNAKE_CLASS.get(re.sub(r"_\d+$", "", snake))
 
 

@@ -19,9 +19,10 @@ from typing import Any
 
 from .. import template_of, zip_names
 from ...errors import fail
-from ...graph import Layer, LayerGraph
+from ...graph import Layer, LayerGraph, tied_notes
 from ...kinds import fold_attention_outputs, infer_kind, split_key
-from .torchscript import MODULE_KINDS, replace_tensors, tensor_param, tied_notes
+from .common import tensor_param
+from .torchscript import MODULE_KINDS, replace_tensors
 
 SUFFIXES = (".pt2",)
 
@@ -133,7 +134,7 @@ def read(path: str, **options: Any) -> LayerGraph:
         own = [program.state_dict[layer.key(r)] for r in layer.params if layer.key(r) in weights]
         layer.frozen = bool(own) and not any(t.requires_grad for t in own)
     ordered = sorted(layers.values(), key=lambda layer: order[layer.name])
-    return LayerGraph(ordered, path=path, format="exported_program", meta={"notes": tied_notes(ordered)})
+    return LayerGraph(ordered, path=path, format="exported_program", meta={"notes": tied_notes(LayerGraph(ordered).tensors())})
 
 
 def write(graph: LayerGraph, path: str, *, template: str | None = None, **options: Any) -> None:

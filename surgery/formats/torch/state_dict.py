@@ -15,14 +15,14 @@ import pickle
 import zipfile
 from typing import Any, Mapping
 
-import numpy as np
 
 from ... import dtypes
 from ...errors import UnsafePickleError, fail
 from .. import zip_names
-from ...graph import LayerGraph, Param
+from ...graph import LayerGraph, Param, tied_notes
 from ...io import span_loader
 from ...kinds import graph_of_params
+from .common import dtype_name, is_code_member, to_numpy
 
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_ema", "ema")
@@ -37,8 +37,6 @@ def sniff(path: str) -> bool:
     names = zip_names(path)
     if names is not None:
         has_pickle = any(n.endswith("/data.pkl") or n == "data.pkl" for n in names)
-        from .torchscript import is_code_member
-
         is_other = any(is_code_member(n) or n == "config.json" for n in names)
         return has_pickle and not is_other
     with open(path, "rb") as f:
@@ -62,7 +60,7 @@ def read(path: str, *, unsafe_pickle: bool = False, **_: Any) -> LayerGraph:
     params = {key: _param(key, tensor, path, spans.get(key)) for key, tensor in state.items()}
     graph = graph_of_params(params, path=path, format="torch")
     graph.meta.update(wrapper=wrapper, prefix=prefix)
-    graph.notes.extend(notes + _tied_notes(params))
+    graph.notes.extend(notes + tied_notes(params.items()))
     return graph
 
 
@@ -123,7 +121,7 @@ def _clean(state: Mapping) -> tuple[dict, str, list[str]]:
 
 
 def _param(key: str, tensor: Any, path: str, offset: int | None) -> Param:
-    dtype = str(tensor.dtype).removeprefix("torch.")
+    dtype = dtype_name(tensor.dtype)
     row = dtypes.get(dtype)
     storage = tensor.untyped_storage()
     ident = (storage.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
@@ -155,37 +153,6 @@ def _file_spans(path: str, tensors: Mapping[str, Any]) -> dict[str, int]:
     base = bases.pop()
     return {k: ptrs[k] - base + t.storage_offset() * t.element_size()
             for k, t in tensors.items() if k in ptrs and t.is_contiguous()}
-
-
-def _tied_notes(params: dict[str, Param]) -> list[str]:
-    first: dict = {}
-    notes = []
-    for key, param in params.items():
-        if param.ident in first:
-            notes.append(f"{key} is tied to {first[param.ident]} (one storage)")
-        else:
-            first[param.ident] = key
-    return notes
-
-
-def to_numpy(tensor: Any) -> np.ndarray:
-    """A CPU tensor as a numpy array of the same dtype (bfloat16/float8 as ml_dtypes), no copy when contiguous."""
-    import torch
-
-    np_dtype = dtypes.get(str(tensor.dtype).removeprefix("torch.")).numpy
-    flat = tensor.detach().contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().view(np_dtype).reshape(tuple(tensor.shape))
-
-
-def to_tensor(arr: np.ndarray) -> Any:
-    """A numpy array (any surgery dtype) as a torch tensor, sharing memory where it can."""
-    import torch
-
-    name = dtypes.of_array(arr)
-    flat = np.ascontiguousarray(arr).reshape(-1)
-    if not flat.flags.writeable:
-        flat = flat.copy()
-    return torch.from_numpy(flat.view(np.uint8)).view(getattr(torch, name)).reshape(arr.shape)
 
 
 def write(graph: LayerGraph, path: str, **_: Any) -> None:

@@ -19,8 +19,9 @@ from typing import Any, Iterable
 
 from .. import template_of, zip_names
 from ...errors import fail
-from ...graph import Layer, LayerGraph, Param
+from ...graph import Layer, LayerGraph, tied_notes
 from ...kinds import fold_attention_outputs, infer_kind
+from .common import dtype_name, is_code_member, tensor_param, to_tensor
 
 SUFFIXES = (".ts", ".torchscript")
 
@@ -41,12 +42,6 @@ ATTRS = ("eps", "momentum", "groups", "stride", "padding", "dilation", "padding_
 def sniff(path: str) -> bool:
     """A zip whose members include ``<name>/code/``: TorchScript's compiled source."""
     return any(is_code_member(n) for n in zip_names(path) or ())
-
-
-def is_code_member(member: str) -> bool:
-    """``<archive>/code/...``: TorchScript's compiled source (a ``torch.save`` of ``code.pt`` has ``code/data.pkl``)."""
-    parts = member.split("/")
-    return len(parts) >= 3 and parts[1] == "code"
 
 
 def load(path: str) -> Any:
@@ -72,7 +67,7 @@ def read(path: str, **options: Any) -> LayerGraph:
     """
     module = load(path)
     layers = layers_of_modules(module.named_modules(), lambda m: m.original_name)
-    return LayerGraph(layers, path=path, format="torchscript", meta={"notes": tied_notes(layers)})
+    return LayerGraph(layers, path=path, format="torchscript", meta={"notes": tied_notes(LayerGraph(layers).tensors())})
 
 
 def layers_of_modules(named_modules: Iterable[tuple[str, Any]], class_name) -> list[Layer]:
@@ -109,28 +104,6 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def tensor_param(key: str, tensor: Any) -> Param:
-    """A Param over a live CPU tensor (converted to numpy on ``read``)."""
-    from .state_dict import to_numpy
-
-    tensor = tensor.detach()
-    dtype = str(tensor.dtype).removeprefix("torch.")
-    ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
-    return Param(tensor.shape, dtype, lambda: to_numpy(tensor), key=key, ident=ident)
-
-
-def tied_notes(layers: list[Layer]) -> list[str]:
-    seen: dict = {}
-    notes = []
-    for layer in layers:
-        for role, param in layer.params.items():
-            if param.ident in seen:
-                notes.append(f"{layer.key(role)} is tied to {seen[param.ident]} (one storage)")
-            else:
-                seen[param.ident] = layer.key(role)
-    return notes
-
-
 def replace_tensors(origin: str, live: dict[str, Any], graph: LayerGraph, weights: set[str]) -> None:
     """Copy every tensor of ``graph`` into the matching live tensor, checking shape and dtype.
 
@@ -138,8 +111,6 @@ def replace_tensors(origin: str, live: dict[str, Any], graph: LayerGraph, weight
     the others with ``True``, so the archive carries the freeze.
     """
     import torch
-
-    from .state_dict import to_tensor
 
     unknown = [key for key, _ in graph.tensors() if key not in live]
     if unknown:
@@ -150,7 +121,7 @@ def replace_tensors(origin: str, live: dict[str, Any], graph: LayerGraph, weight
             target, arr = live[key], param.read()
             new = to_tensor(arr)
             if tuple(new.shape) != tuple(target.shape) or new.dtype != target.dtype:
-                raise fail(origin, f"{key}: the template holds {str(target.dtype).removeprefix('torch.')}"
+                raise fail(origin, f"{key}: the template holds {dtype_name(target.dtype)}"
                            f"{list(target.shape)}, the graph gives {param.dtype}{list(param.shape)}")
             target.copy_(new)
     for layer in graph:
