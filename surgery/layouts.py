@@ -83,6 +83,36 @@ def permute(native: str, canonical: str) -> Transform:
     )
 
 
+def kernel_axes(ndim: int) -> tuple[int, ...]:
+    """Axes taking a Keras kernel of any rank, ``(*kernel, in, out)``, to canonical ``(out, in, *kernel)``.
+
+    Rank 2 is ``IO->OI``, rank 4 ``HWIO->OIHW``: the ``PERMUTATIONS`` entries, for any rank.
+    """
+    return (ndim - 1, ndim - 2, *range(ndim - 2))
+
+
+def data_format_axes(ndim: int, src: str | None, dst: str | None) -> tuple[int, ...] | None:
+    """Axes moving a batch of activations (rank 3-5) between ``channels_last`` and ``channels_first``.
+
+    None when nothing moves (same or unknown formats, or a rank without channels).
+    """
+    if ndim not in (3, 4, 5) or not src or not dst or src == dst:
+        return None
+    return (0, *range(2, ndim), 1) if src == "channels_first" else (0, ndim - 1, *range(1, ndim - 1))
+
+
+def to_data_format(arr: np.ndarray, src: str | None, dst: str | None) -> np.ndarray:
+    """``arr`` moved from data format ``src`` to ``dst`` (NCHW <-> NHWC and the 1D/3D forms); unchanged otherwise."""
+    axes = data_format_axes(arr.ndim, src, dst)
+    return arr if axes is None else np.ascontiguousarray(np.transpose(arr, axes))
+
+
+def data_format_shape(shape: tuple[int, ...], src: str | None, dst: str | None) -> tuple[int, ...]:
+    """The shape ``to_data_format`` gives, without data."""
+    axes = data_format_axes(len(shape), src, dst)
+    return tuple(shape) if axes is None else tuple(shape[i] for i in axes)
+
+
 def cast(src: str, dst: str) -> Transform:
     """An element-type conversion, named so the report shows it."""
     from . import dtypes

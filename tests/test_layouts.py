@@ -36,3 +36,21 @@ def test_unknown_rule_is_an_error():
 
     with pytest.raises(SurgeryError, match="no layout rule from ABC to CBA"):
         layouts.permute("ABC", "CBA")
+
+
+def test_kernel_axes_agree_with_the_permutation_table():
+    from surgery.layouts import PERMUTATIONS, kernel_axes
+
+    for ndim, entry in {2: ("IO", "OI"), 3: ("WIO", "OIW"), 4: ("HWIO", "OIHW"), 5: ("DHWIO", "OIDHW")}.items():
+        assert kernel_axes(ndim) == PERMUTATIONS[entry], entry
+
+
+def test_data_formats_move_channels_and_back():
+    from surgery.layouts import data_format_shape, to_data_format
+
+    nchw = np.random.default_rng(0).standard_normal((2, 3, 4, 5))
+    nhwc = to_data_format(nchw, "channels_first", "channels_last")
+    assert nhwc.shape == (2, 4, 5, 3) == data_format_shape(nchw.shape, "channels_first", "channels_last")
+    assert nhwc[1, 2, 3, 0] == nchw[1, 0, 2, 3]
+    assert np.array_equal(to_data_format(nhwc, "channels_last", "channels_first"), nchw)
+    assert to_data_format(nchw, "channels_first", None) is nchw  # an unknown side: nothing moves

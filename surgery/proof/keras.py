@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SurgeryError, fail, first_line
+from ..layouts import kernel_axes
 
 # Keras role name -> canonical (PyTorch) role name, for the report's hints.
 _ROLES = {"kernel": "weight", "gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
@@ -128,7 +129,7 @@ class KerasRunner:
             role = weight.name.split("/")[-1].split(":")[0]
             arr = np.asarray(weight.numpy())
             if role == "kernel":
-                arr = np.transpose(arr, (arr.ndim - 1, arr.ndim - 2, *range(arr.ndim - 2)))
+                arr = np.transpose(arr, kernel_axes(arr.ndim))
             info[_ROLES.get(role, role)] = arr
         if hasattr(layer, "epsilon"):
             info["eps"] = float(layer.epsilon)

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import FormatError, SurgeryError, fail
+from ..layouts import data_format_shape, to_data_format
 from .report import Comparison, LayerDivergence, VerifyReport, compare_arrays
 
 SEED = 0
@@ -202,7 +203,7 @@ def _shapes(side: Any, ref: Any, specs: list, input_shape: Any) -> tuple[list[tu
     ref_specs = ref.input_specs() if ref is not None else []
     if ref_specs and all(s[1] is not None for s in ref_specs):
         shapes = [_concrete(s[1], ref.label) for s in ref_specs]
-        shapes = [_moved_shape(s, ref.data_format, side.data_format) for s in shapes]
+        shapes = [data_format_shape(s, ref.data_format, side.data_format) for s in shapes]
         return shapes, f"{origin}, shapes from REF's signature"
     raise SurgeryError(f"{side.label}: cannot tell its input shape; give --input-shape (e.g. 1,3,224,224) or --inputs X.npz")
 
@@ -211,20 +212,6 @@ def _concrete(shape: Sequence[int | None], label: str) -> tuple[int, ...]:
     if any(d is None for d in shape[1:]):
         raise SurgeryError(f"{label}: input shape {list(shape)} has free dimensions; give --input-shape")
     return (1 if shape[0] is None else int(shape[0]), *(int(d) for d in shape[1:]))
-
-
-# ---- NHWC <-> NCHW -----------------------------------------------------------------------
-
-def to_layout(arr: np.ndarray, src: str | None, dst: str | None) -> np.ndarray:
-    """``arr`` (rank 3-5) moved from one data format to the other; unchanged otherwise."""
-    if arr.ndim not in (3, 4, 5) or not src or not dst or src == dst:
-        return arr
-    axes = (0, *range(2, arr.ndim), 1) if src == "channels_first" else (0, arr.ndim - 1, *range(1, arr.ndim - 1))
-    return np.ascontiguousarray(np.transpose(arr, axes))
-
-
-def _moved_shape(shape: tuple[int, ...], src: str | None, dst: str | None) -> tuple[int, ...]:
-    return to_layout(np.empty(shape, dtype=np.uint8), src, dst).shape
 
 
 def _fits(shape: Sequence[int], declared: Sequence[int | None] | None) -> bool:
@@ -244,9 +231,9 @@ def _feeds_for(runner: Any, feeds: dict[str, np.ndarray], fmt: str | None) -> tu
         target = (fmt, runner.data_format) if fmt and runner.data_format and fmt != runner.data_format else None
         if target is None and not _fits(arr.shape, declared) and arr.ndim in (3, 4, 5):
             flip = ("channels_first", "channels_last") if fmt != "channels_last" else ("channels_last", "channels_first")
-            target = flip if _fits(to_layout(arr, *flip).shape, declared) else None
+            target = flip if _fits(to_data_format(arr, *flip).shape, declared) else None
         if target is not None:
-            arr, move = to_layout(arr, *target), target
+            arr, move = to_data_format(arr, *target), target
         out[name] = arr
     return out, move
 
@@ -269,7 +256,7 @@ def _adapt_output(arr: np.ndarray, move: tuple | None, like: np.ndarray) -> np.n
     """An output of the moved side brought back to the other side's format (when shapes agree)."""
     if move is None or arr.ndim not in (3, 4, 5):
         return arr
-    back = to_layout(arr, move[1], move[0])
+    back = to_data_format(arr, move[1], move[0])
     return back if back.shape == like.shape or arr.shape != like.shape else arr
 
 

@@ -5,9 +5,9 @@ canonical ``Piece``s (an ONNX ``LSTM`` ``B`` holds ``bias_ih`` and ``bias_hh``
 for every direction). ``fwd`` turns the native array into one piece; ``back``
 turns all pieces into the native array again, which is what the writer needs.
 
-Gate orders (ONNX operator spec vs ``torch.nn.LSTM``/``GRU``):
-LSTM ONNX ``i,o,f,c`` -> PyTorch ``i,f,g,o``; GRU ONNX ``z,r,h`` -> PyTorch
-``r,z,n``. ONNX ``W`` is ``(dirs, G*H, in)``, ``R`` ``(dirs, G*H, H)``,
+Gate orders (ONNX operator spec vs ``torch.nn.LSTM``/``GRU``) are
+``layouts.GATE_ORDERS``: LSTM ONNX ``i,o,f,c`` -> PyTorch ``i,f,c,o`` (PyTorch calls
+``c`` ``g``); GRU ONNX ``z,r,n`` -> PyTorch ``r,z,n``. ONNX ``W`` is ``(dirs, G*H, in)``, ``R`` ``(dirs, G*H, H)``,
 ``B`` ``(dirs, 2*G*H)`` = ``[Wb, Rb]``; direction 1 is PyTorch's ``_reverse``.
 """
 
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ...layouts import permute
+from ...layouts import GATE_ORDERS, gates, permute
 
 Array = np.ndarray
 
@@ -52,41 +52,29 @@ def dense_slot(tensor: Any, *, transposed: bool) -> Slot:
                 lambda ps: back(ps[0]))
 
 
-# ONNX gate block k of the canonical order: canonical = native blocks [ORDER...].
-GATES = {
-    "lstm": ((0, 2, 3, 1), "gates iofc->ifgo"),
-    "gru": ((1, 0, 2), "gates zrh->rzn"),
-}
-
-
-def reorder(arr: Array, order: tuple[int, ...]) -> Array:
-    """Rearrange the gate blocks along axis 0."""
-    blocks = np.split(np.asarray(arr), len(order), axis=0)
-    return np.concatenate([blocks[i] for i in order], axis=0)
-
-
 def rnn_slot(tensor: Any, kind: str, which: str, layer: int = 0) -> Slot:
     """An ONNX ``LSTM``/``GRU`` input ``W``, ``R`` or ``B`` as PyTorch's per-direction tensors of ``layer``."""
-    order, name = GATES[kind]
-    inverse = tuple(int(i) for i in np.argsort(order))
+    to_torch = gates(GATE_ORDERS[f"onnx_{kind}"], GATE_ORDERS[f"torch_{kind}"])
+    to_onnx = gates(GATE_ORDERS[f"torch_{kind}"], GATE_ORDERS[f"onnx_{kind}"])
+    name = to_torch.name
     dims = tuple(tensor.dims)
     dirs = dims[0]
     sfx = ["" if d == 0 else "_reverse" for d in range(dirs)]
     if which in ("W", "R"):
         role = f"weight_ih_l{layer}" if which == "W" else f"weight_hh_l{layer}"
         pieces = tuple(
-            Piece(role + sfx[d], dims[1:], name, lambda a, d=d: reorder(a[d], order)) for d in range(dirs)
+            Piece(role + sfx[d], dims[1:], name, lambda a, d=d: to_torch(a[d])) for d in range(dirs)
         )
-        return Slot(tensor, pieces, lambda ps: np.stack([reorder(p, inverse) for p in ps]))
+        return Slot(tensor, pieces, lambda ps: np.stack([to_onnx(p) for p in ps]))
     half = dims[1] // 2
     pieces = tuple(
         Piece(f"bias_{part}_l{layer}{sfx[d]}", (half,), name,
-              lambda a, d=d, lo=lo: reorder(a[d, lo:lo + half], order))
+              lambda a, d=d, lo=lo: to_torch(a[d, lo:lo + half]))
         for d in range(dirs) for part, lo in (("ih", 0), ("hh", half))
     )
 
     def back(ps: list[Array]) -> Array:
-        return np.stack([np.concatenate([reorder(ps[2 * d], inverse), reorder(ps[2 * d + 1], inverse)])
+        return np.stack([np.concatenate([to_onnx(ps[2 * d]), to_onnx(ps[2 * d + 1])])
                          for d in range(dirs)])
 
     return Slot(tensor, pieces, back)
