@@ -9,7 +9,7 @@ them recognises is ``unknown`` and passes through unchanged.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .graph import Layer, LayerGraph, Param, natural_key
 
@@ -18,6 +18,46 @@ KINDS = (
     "separable_conv1d", "separable_conv2d", "batch_norm", "layer_norm", "embedding", "lstm", "gru",
     "multi_head_attention", "prelu", "unknown",
 )
+
+# ---- What a framework's own class says -------------------------------------------------
+# A class name is better evidence than ranks: every reader that knows the class uses these.
+
+# torch.nn class name -> kind: TorchScript and ExportedProgram module trees, and live modules
+# (which also match a listed base class: ``_BatchNorm`` covers every BatchNorm). A class not
+# listed is inferred from its tensors.
+TORCH_MODULE_KINDS: dict[str, str] = {
+    "Linear": "dense", "LazyLinear": "dense", "Bilinear": "unknown",
+    "Conv1d": "conv1d", "Conv2d": "conv2d", "Conv3d": "conv3d",
+    "ConvTranspose1d": "conv_transpose", "ConvTranspose2d": "conv_transpose", "ConvTranspose3d": "conv_transpose",
+    "BatchNorm1d": "batch_norm", "BatchNorm2d": "batch_norm", "BatchNorm3d": "batch_norm",
+    "SyncBatchNorm": "batch_norm", "_BatchNorm": "batch_norm", "LayerNorm": "layer_norm", "Embedding": "embedding",
+    "LSTM": "lstm", "GRU": "gru", "MultiheadAttention": "multi_head_attention", "PReLU": "prelu",
+}
+
+# Keras class name -> kind. Classes not listed pass through as ``unknown``.
+KERAS_CLASS_KINDS: dict[str, str] = {
+    "Dense": "dense",
+    "Conv1D": "conv1d", "Conv2D": "conv2d", "Conv3D": "conv3d",
+    "Conv1DTranspose": "conv_transpose", "Conv2DTranspose": "conv_transpose", "Conv3DTranspose": "conv_transpose",
+    "DepthwiseConv1D": "conv1d", "DepthwiseConv2D": "depthwise_conv2d",
+    "SeparableConv1D": "separable_conv1d", "SeparableConv2D": "separable_conv2d",
+    "BatchNormalization": "batch_norm", "LayerNormalization": "layer_norm",
+    "Embedding": "embedding", "LSTM": "lstm", "GRU": "gru",
+    "MultiHeadAttention": "multi_head_attention", "PReLU": "prelu",
+}
+
+# Kinds whose layers slide a kernel over a feature map (a graph with none has no Flatten of one).
+CONV_KINDS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose", "depthwise_conv2d", "separable_conv1d",
+                        "separable_conv2d"})
+
+
+def torch_class_kind(class_names: Iterable[str]) -> str | None:
+    """The kind of the first listed class name (a module's class, then its bases), or None."""
+    for name in class_names:
+        if name in TORCH_MODULE_KINDS:
+            return TORCH_MODULE_KINDS[name]
+    return None
+
 
 _RNN_ROLE = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
 _MHA_CHILD = "out_proj"

@@ -17,6 +17,7 @@ import numpy as np
 from . import adapters, layouts, settings
 from .errors import PlanError, SurgeryError
 from .graph import BOOKKEEPING, KIND_ALIASES, Layer, LayerGraph, Param
+from .kinds import CONV_KINDS
 from .mapping import Mapping, load_map
 
 
@@ -301,10 +302,6 @@ def _pasted(src: Param, dst: Param) -> Param:
         return out
 
     return Param(dst.shape, dst.dtype, load, key=src.key)
-
-
-CONV_KINDS = ("conv1d", "conv2d", "conv3d", "conv_transpose", "depthwise_conv2d", "separable_conv1d",
-              "separable_conv2d")
 
 
 def _flatten_unknown(plan: Plan) -> list[str]:

@@ -14,23 +14,11 @@ import torch
 from ..errors import SurgeryError
 from ..formats.torch.common import dtype_name, to_numpy, to_tensor
 from ..graph import LayerGraph, Param
-from ..kinds import group
-
-# Module class -> kind: a live module says what a bare state_dict can only suggest.
-KINDS = {
-    torch.nn.Linear: "dense", torch.nn.Conv1d: "conv1d", torch.nn.Conv2d: "conv2d", torch.nn.Conv3d: "conv3d",
-    torch.nn.ConvTranspose1d: "conv_transpose", torch.nn.ConvTranspose2d: "conv_transpose",
-    torch.nn.ConvTranspose3d: "conv_transpose", torch.nn.modules.batchnorm._BatchNorm: "batch_norm",
-    torch.nn.LayerNorm: "layer_norm", torch.nn.Embedding: "embedding", torch.nn.LSTM: "lstm", torch.nn.GRU: "gru",
-    torch.nn.MultiheadAttention: "multi_head_attention", torch.nn.PReLU: "prelu",
-}
-
+from ..kinds import group, torch_class_kind
 
 def _kind(module: torch.nn.Module) -> str | None:
-    for cls, kind in KINDS.items():
-        if isinstance(module, cls):
-            return kind
-    return None
+    """A live module's kind from its class or a base class (``kinds.TORCH_MODULE_KINDS``)."""
+    return torch_class_kind(cls.__name__ for cls in type(module).__mro__)
 
 
 def _attrs(module: torch.nn.Module) -> dict[str, Any]:

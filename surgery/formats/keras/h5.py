@@ -31,6 +31,7 @@ from .. import template_of
 from . import config as keras_config
 from ...errors import SurgeryError, fail
 from ...graph import Layer, LayerGraph, Param
+from ...kinds import KERAS_CLASS_KINDS
 
 SUFFIXES = (".h5", ".hdf5")
 _MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -134,7 +135,7 @@ def class_of_snake(snake: str) -> str | None:
     """``conv2d_1`` -> ``Conv2D``: the class Keras 3 named a ``.weights.h5`` group after."""
     if not _SNAKE_CLASS:
     
-        _SNAKE_CLASS.update({keras_config.snake(c): c for c in keras_layers.KIND_OF_CLASS})
+        _SNAKE_CLASS.update({keras_config.snake(c): c for c in KERAS_CLASS_KINDS})
     return _SNAKE_CLASS.get(snake) or _SNAKE_CLASS.get(re.sub(r"_\d+$", "", snake))
 
 

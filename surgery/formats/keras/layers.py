@@ -18,19 +18,9 @@ import numpy as np
 from ... import layouts, lazy
 from ...errors import SurgeryError
 from ...graph import Layer, Param
+from ...kinds import KERAS_CLASS_KINDS
 from ...layouts import IDENTITY, Transform
 
-# Keras class -> canonical kind. Classes not listed pass through as ``unknown``.
-KIND_OF_CLASS: dict[str, str] = {
-    "Dense": "dense",
-    "Conv1D": "conv1d", "Conv2D": "conv2d", "Conv3D": "conv3d",
-    "Conv1DTranspose": "conv_transpose", "Conv2DTranspose": "conv_transpose", "Conv3DTranspose": "conv_transpose",
-    "DepthwiseConv1D": "conv1d", "DepthwiseConv2D": "depthwise_conv2d",
-    "SeparableConv1D": "separable_conv1d", "SeparableConv2D": "separable_conv2d",
-    "BatchNormalization": "batch_norm", "LayerNormalization": "layer_norm",
-    "Embedding": "embedding", "LSTM": "lstm", "GRU": "gru",
-    "MultiHeadAttention": "multi_head_attention", "PReLU": "prelu",
-}
 # The reverse, for writing a canonical layer into a Keras file with no template.
 CLASS_OF_KIND: dict[str, str] = {
     "dense": "Dense", "conv1d": "Conv1D", "conv2d": "Conv2D", "conv3d": "Conv3D",
@@ -40,7 +30,7 @@ CLASS_OF_KIND: dict[str, str] = {
 }
 # The order in which Keras 3 creates (and ``.weights.h5`` numbers) each class's variables.
 VARIABLE_ORDER: dict[str, tuple[str, ...]] = {
-    **{c: ("kernel", "bias") for c in KIND_OF_CLASS if c.startswith(("Dense", "Conv", "Depthwise"))},
+    **{c: ("kernel", "bias") for c in KERAS_CLASS_KINDS if c.startswith(("Dense", "Conv", "Depthwise"))},
     "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel", "bias"),
     "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel", "bias"),
     "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
@@ -156,7 +146,7 @@ def to_layer(name: str, class_name: str | None, variables: dict[str, Param], con
     if cls == "GRU" and "reset_after" not in attrs and "bias" in variables:
         attrs["reset_after"] = len(variables["bias"].shape) == 2   # two bias rows <=> reset_after
     reader = _READERS.get(cls or "")
-    kind = KIND_OF_CLASS.get(cls or "", "unknown")
+    kind = KERAS_CLASS_KINDS.get(cls or "", "unknown")
     try:
         params = reader(variables, attrs) if reader else dict(variables)
     except KeyError as missing:

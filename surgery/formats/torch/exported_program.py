@@ -20,9 +20,9 @@ from typing import Any
 from .. import template_of, zip_names
 from ...errors import fail
 from ...graph import Layer, LayerGraph, tied_notes
-from ...kinds import fold_attention_outputs, infer_kind, split_key
+from ...kinds import TORCH_MODULE_KINDS, fold_attention_outputs, infer_kind, split_key
 from .common import tensor_param
-from .torchscript import MODULE_KINDS, replace_tensors
+from .torchscript import replace_tensors
 
 SUFFIXES = (".pt2",)
 
@@ -123,7 +123,7 @@ def read(path: str, **options: Any) -> LayerGraph:
         layer = layers.setdefault(name, Layer(name))
         layer.params[role] = tensor_param(target, tensor)
         if module_path == name:  # the op belongs to this layer's own module (not a parent's functional call)
-            layer.kind = MODULE_KINDS.get(cls, layer.kind)
+            layer.kind = TORCH_MODULE_KINDS.get(cls, layer.kind)
             layer.attrs.update(attrs)
         order[name] = min(order.get(name, index), index)
     fold_attention_outputs(layers)

@@ -20,20 +20,11 @@ from typing import Any, Iterable
 from .. import template_of, zip_names
 from ...errors import fail
 from ...graph import Layer, LayerGraph, tied_notes
-from ...kinds import fold_attention_outputs, infer_kind
+from ...kinds import TORCH_MODULE_KINDS, fold_attention_outputs, infer_kind
 from .common import dtype_name, is_code_member, tensor_param, to_tensor
 
 SUFFIXES = (".ts", ".torchscript")
 
-# torch.nn class name -> surgery kind; anything else is inferred from its tensors.
-MODULE_KINDS = {
-    "Linear": "dense", "LazyLinear": "dense", "Bilinear": "unknown",
-    "Conv1d": "conv1d", "Conv2d": "conv2d", "Conv3d": "conv3d",
-    "ConvTranspose1d": "conv_transpose", "ConvTranspose2d": "conv_transpose", "ConvTranspose3d": "conv_transpose",
-    "BatchNorm1d": "batch_norm", "BatchNorm2d": "batch_norm", "BatchNorm3d": "batch_norm",
-    "SyncBatchNorm": "batch_norm", "LayerNorm": "layer_norm", "Embedding": "embedding",
-    "LSTM": "lstm", "GRU": "gru", "MultiheadAttention": "multi_head_attention", "PReLU": "prelu",
-}
 # Attributes that change a layer's arithmetic, copied when the module has them.
 ATTRS = ("eps", "momentum", "groups", "stride", "padding", "dilation", "padding_idx",
          "hidden_size", "num_layers", "bidirectional", "batch_first", "num_heads")
@@ -83,7 +74,7 @@ def layers_of_modules(named_modules: Iterable[tuple[str, Any]], class_name) -> l
             layers.extend(Layer(role, "unknown", {"": tensor_param(role, t)}) for role, t in own)
             continue
         params = {role: tensor_param(f"{name}.{role}", t) for role, t in own}
-        kind = MODULE_KINDS.get(class_name(mod)) or infer_kind(name, params)
+        kind = TORCH_MODULE_KINDS.get(class_name(mod)) or infer_kind(name, params)
         attrs = {a: _plain(getattr(mod, a)) for a in ATTRS if _has(mod, a)}
         frozen = bool(weights) and not any(t.requires_grad for t in weights)
         layers.append(Layer(name, kind, params, attrs, frozen=frozen))
