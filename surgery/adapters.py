@@ -203,9 +203,9 @@ def _flatten_side(layer: Layer, given: dict[str, Any], key: str) -> tuple[str, s
     facts = layer.attrs.get("flatten")
     if facts:
         return facts["order"], "config"
-    if layer.params.get("weight") is not None and layer.params["weight"].layout == "IO->OI":
-        return "", "keras"        # a Keras layer without its config: channels-last, spatial order kept
-    return "", "assumed"          # a bare state_dict: PyTorch's flatten of an NCHW map
+    if layer.attrs.get("data_format") == "channels_last":
+        return "", "channels_last"  # its reader says: channels-last maps, flattened in spatial order
+    return "", "assumed"            # a bare state_dict: PyTorch's flatten of an NCHW map
 
 
 def flatten_rows(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
@@ -228,8 +228,8 @@ def flatten_rows(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict
         raise PlanError(f"{src.name} -> {dst.name}: follows a Flatten but the feature map's shape is unknown; "
                         f"give `flatten: {{{src.name}: {{shape: [H, W, C], source_order: HWC}}}}` in the map")
     spatial = "".join(a for a in "DHWL" if a in sizes)
-    src_order = src_order or (spatial + "C" if src_how == "keras" else "C" + spatial)
-    dst_order = dst_order or (spatial + "C" if dst_how == "keras" else "C" + spatial)
+    src_order = src_order or (spatial + "C" if src_how == "channels_last" else "C" + spatial)
+    dst_order = dst_order or (spatial + "C" if dst_how == "channels_last" else "C" + spatial)
     transform = layouts.flatten_columns(sizes, src_order, dst_order)
     weight = src.params["weight"]
     step = transform.name if transform is not layouts.IDENTITY else f"flatten order {src_order} kept"

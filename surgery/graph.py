@@ -140,6 +140,8 @@ class LayerGraph:
             (a stripped ``module.`` prefix, an unwrapped ``{"state_dict": ...}``), and
             ``left_out``: every tensor the file holds that is not a param of a layer,
             by its name in the file, with the reason (optimizer slot, step counter).
+            ``architecture``: True when the file records the network (layer order,
+            what feeds what), not only its weights.
             Readers account for every tensor: ``len(graph.state()) + len(graph.left_out)``
             (tied tensors counted once per name) is what the file holds.
     """

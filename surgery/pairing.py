@@ -318,8 +318,8 @@ def _flatten_unknown(plan: Plan) -> list[str]:
                 continue
             if "flatten" in src.attrs or "flatten" in dst.attrs:
                 continue
-            keras = [(g, l) for g, l in ((plan.src, src), (plan.dst, dst)) if "keras_class" in l.attrs]
-            if len(keras) == 1 and "keras_config" not in keras[0][0].meta and _maybe_after_flatten(*keras[0]):
+            last = [(g, l) for g, l in ((plan.src, src), (plan.dst, dst)) if l.attrs.get("data_format") == "channels_last"]
+            if len(last) == 1 and not last[0][0].meta.get("architecture") and _maybe_after_flatten(*last[0]):
                 out.append(f"{src.name} -> {dst.name}: the file records no architecture, so whether a Flatten of a "
                            "channels-last feature map feeds this dense layer is unknown; if one does, its rows need "
                            f"reordering: give `flatten: {{{src.name}: {{shape: [H, W, C], source_order: HWC}}}}` in the map")

@@ -26,7 +26,7 @@ FUSES_ACTIVATION = ("dense", "conv1d", "conv2d", "conv3d", "conv_transpose", "de
 
 def effective(layer: Layer) -> dict[str, Any]:
     """A layer's settings; for a layer from a PyTorch-side file, which records none, PyTorch's defaults."""
-    if "keras_class" in layer.attrs:
+    if layer.attrs.get("settings_recorded"):
         return layer.attrs
     return {**TORCH_DEFAULTS.get(layer.kind, {}), **layer.attrs}
 

@@ -77,6 +77,7 @@ def apply_config(graph: LayerGraph, model_config: dict) -> None:
         if dense in graph:
             graph[dense].attrs["flatten"] = facts
     graph.meta["keras_config"] = model_config
+    graph.meta["architecture"] = True  # the file records the network, not only its weights
 
 
 def _input_shape(spec: Spec) -> list | None:

@@ -93,7 +93,11 @@ def attrs_of(class_name: str | None, config: dict | None) -> dict[str, Any]:
     are Keras' defaults, listed under ``assumed`` so reports can say so.
     """
     cfg = config or {}
-    attrs: dict[str, Any] = {"keras_class": class_name}
+    # ``data_format``: Keras' own default where the config records none (a Dense has none), so the
+    # core knows how a Flatten before this layer ordered its features without asking "is this Keras?".
+    # ``settings_recorded``: every setting is here (read, or Keras' default listed under ``assumed``),
+    # so a missing one must not be filled with PyTorch's default.
+    attrs: dict[str, Any] = {"keras_class": class_name, "data_format": "channels_last", "settings_recorded": True}
     assumed: list[str] = []
 
     def take(key: str, attr: str, default: Any = None, convert: Callable[[Any], Any] = lambda v: v) -> None:
