@@ -25,7 +25,10 @@ _EXPORTS = {
     "Layer": "graph", "LayerGraph": "graph", "Param": "graph",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "FormatError", "Layer", "LayerGraph", "MapError", "Param", "PlanError", "StrictError", "SurgeryError",
+    "__version__", "check", "convert", "diff", "freeze", "load", "load_into", "plan", "save", "transplant", "verify",
+]
 
 
 def __getattr__(name: str) -> Any:

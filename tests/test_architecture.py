@@ -117,3 +117,10 @@ def test_no_private_name_is_imported_from_another_module() -> None:
                 for m in MODULES for target, name, line in _imports(m)
                 if name.startswith("_") and not name.startswith("__") and target != m]
     assert not borrowed, "private names imported across modules:\n" + "\n".join(borrowed)
+
+
+def test_every_public_name_resolves_lazily():
+    assert set(surgery.__all__) - {"__version__"} == set(surgery._EXPORTS)
+    for name in surgery.__all__:
+        assert getattr(surgery, name) is not None, name
+    assert callable(surgery.plan) and callable(surgery.diff)  # not the modules pairing/compare

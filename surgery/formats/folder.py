@@ -10,11 +10,11 @@ like that file.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from typing import Any
 
 from ..errors import fail
+from .shard_index import read_shard_index
 from ..graph import LayerGraph
 from ..kinds import graph_of_params
 
@@ -83,18 +83,11 @@ def _read_torch_shards(index_path: str, **options: Any) -> LayerGraph:
     """A sharded ``pytorch_model.bin`` set: each shard read lazily, one graph."""
     from .torch import state_dict as torch_format
 
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise fail(index_path, f"not a shard index ({type(e).__name__}: {e})") from None
-    folder = os.path.dirname(index_path)
+    index = read_shard_index(index_path)
     params = {}
     notes = []
-    for shard in dict.fromkeys(weight_map.values()):
-        if os.path.isabs(shard) or ".." in shard.split("/"):
-            raise fail(index_path, f"shard {shard!r} is not a file name inside the index's folder")
-        graph = torch_format.read(os.path.join(folder, shard), **options)
+    for shard_path in index.shards.values():
+        graph = torch_format.read(shard_path, **options)
         params.update(graph.state())
         notes.extend(graph.notes)
     graph = graph_of_params(params, path=index_path, format="torch_shards")

@@ -21,6 +21,7 @@ from .. import dtypes
 from ..errors import fail
 from ..graph import LayerGraph, Param, tied_aliases
 from ..io import span_loader
+from .shard_index import read_shard_index
 from ..kinds import graph_of_params
 
 SUFFIXES = (".safetensors",)
@@ -122,37 +123,21 @@ def _read_file(path: str) -> tuple[dict[str, Param], dict[str, str]]:
 
 
 def _read_index(path: str) -> tuple[dict[str, Param], dict[str, str]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
-        weight_map = index["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise fail(path, f"not a safetensors shard index ({type(e).__name__}: {e})") from None
-    folder = os.path.dirname(os.path.abspath(path))
+    index = read_shard_index(path, "safetensors shard index")
     params: dict[str, Param] = {}
     metadata: dict[str, str] = {}
-    for shard in dict.fromkeys(weight_map.values()):
-        shard_path = _inside(path, folder, shard)
+    for shard, shard_path in index.shards.items():
         shard_params, shard_meta = _read_file(shard_path)
         metadata.update(shard_meta)
         for name, param in shard_params.items():
-            if weight_map.get(name) == shard:
+            if index.weight_map.get(name) == shard:
                 params[name] = param
-    tied = (index.get("metadata") or {}).get("aliases") or {}
+    tied = index.metadata.get("aliases") or {}
     metadata.update({str(k): str(v) for k, v in tied.items()})
-    missing = [n for n, shard in weight_map.items() if n not in params]
+    missing = [n for n in index.weight_map if n not in params]
     if missing:
         raise fail(path, f"{len(missing)} tensors listed in the index are not in their shard, e.g. {missing[0]!r}")
     return params, metadata
-
-
-def _inside(index_path: str, folder: str, name: object) -> str:
-    if not isinstance(name, str) or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-        raise fail(index_path, f"shard {name!r} is not a file name inside the index's folder")
-    shard = os.path.join(folder, name)
-    if not os.path.isfile(shard):
-        raise fail(index_path, f"shard {name!r} is missing")
-    return shard
 
 
 def _restore_aliases(path: str, params: dict[str, Param], metadata: dict[str, str]) -> list[str]:

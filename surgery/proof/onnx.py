@@ -7,13 +7,13 @@ Every array in and out is numpy.
 
 from __future__ import annotations
 
-import ast
 import os
 from typing import Any
 
 import numpy as np
 
 from ..errors import SurgeryError, fail, first_line
+from ..formats.onnx.scopes import module_path
 
 # ONNX Runtime's type strings -> numpy, for the inputs it declares.
 _ORT_TYPES = {
@@ -144,20 +144,6 @@ def mark_all(model: Any) -> tuple[Any, list[tuple[str, str]]]:
 
 
 def node_layer(node: Any) -> str:
-    """The module path a node belongs to, as the exporter recorded it; "" for the root.
-
-    The dynamo exporter stores ``pkg.torch.onnx.name_scopes`` (``['', 'features',
-    'features.1', 'op']``); the TorchScript exporter names nodes
-    ``/features/features.1/Conv``. Other producers: the node name itself.
-    """
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                break
-            return scopes[-2] if len(scopes) >= 3 else ""
-    if node.name.startswith("/"):
-        parts = node.name.split("/")[1:-1]
-        return parts[-1] if parts else ""
-    return node.name
+    """The module path a node belongs to, as the exporter recorded it; "" for the root; else the node's name."""
+    path = module_path(node)
+    return node.name if path is None else path

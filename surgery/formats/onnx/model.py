@@ -13,7 +13,6 @@ The layout rules are in ``slots``, external data in ``external``.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import os
 import re
@@ -28,6 +27,7 @@ from ...errors import fail
 from ...graph import Layer, LayerGraph, Param
 from ...kinds import fold_attention_outputs, infer_kind, split_key
 from .external import ExternalCopies, Source, atomic_target, np_dtype, surgery_dtype
+from .scopes import module_path, name_scopes
 from .slots import Slot, dense_slot, plain_slot, rnn_slot
 
 SUFFIXES = (".onnx",)
@@ -84,17 +84,7 @@ def _layer_name(node: Any, weight: str, index: int) -> str:
     """``features.0`` from a state_dict-named weight, else the node's module scope, else its name."""
     if _STATE_NAME.match(weight):
         return split_key(weight)[0]
-    meta = {p.key: p.value for p in node.metadata_props}
-    try:  # the dynamo exporter records the module path: ['', 'features', 'features.0', 'conv2d']
-        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
-    except (ValueError, SyntaxError):
-        scopes = []
-    if isinstance(scopes, list) and len(scopes) >= 3 and scopes[-2]:
-        return str(scopes[-2])
-    scope = node.name.strip("/").split("/")
-    if node.name.startswith("/") and len(scope) >= 2:
-        return scope[-2]  # the legacy exporter names nodes /features/features.0/Conv
-    return node.name or f"{node.op_type}_{index}"
+    return module_path(node) or node.name or f"{node.op_type}_{index}"
 
 
 def _role(slot: Slot, role: str, layer: str) -> str:
@@ -229,12 +219,8 @@ def _mark_folded(node: Any, weight: Any, attrs: dict[str, Any]) -> None:
     be silently wrong. The dynamo exporter records the BatchNorm's scope on the
     node; the legacy one leaves an anonymous ``onnx::Conv_N`` initializer.
     """
-    meta = {p.key: p.value for p in node.metadata_props}
-    try:
-        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
-    except (ValueError, SyntaxError):
-        scopes = []
-    if isinstance(scopes, list) and scopes and "batch_norm" in str(scopes[-1]):
+    scopes = name_scopes(node) or []
+    if scopes and "batch_norm" in scopes[-1]:
         attrs["folded"] = f"the exporter folded BatchNorm {scopes[-2] if len(scopes) > 1 else '?'} into its weights"
     elif weight.name.startswith("onnx::"):
         attrs["folded"] = (f"its weights are an exporter-computed constant ({weight.name!r}), "
