@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .graph import LayerGraph, Param
+from .render import table
 
 
 @dataclass
@@ -45,8 +46,6 @@ class DiffReport:
                 "tensors": [vars(e) for e in self.entries]}
 
     def __str__(self) -> str:
-        from .render import table
-
         rows = [[e.name, e.status, "" if e.max_abs is None else f"{e.max_abs:.3g}", e.a, e.b]
                 for e in self.entries if e.status != "equal"]
         summary = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))

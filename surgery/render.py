@@ -1,4 +1,7 @@
-"""Plain-text and YAML renderings of plans, inspections and diffs."""
+"""Plain-text and YAML renderings of plans, inspections and diffs; the one table renderer.
+
+The verify report's own rendering is ``proof/report.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,18 @@ if TYPE_CHECKING:
     from .pairing import Plan
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A left-aligned text table."""
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, indent: str = "", rule: bool = True) -> str:
+    """A left-aligned text table: the one renderer of every table surgery prints.
+
+    Args:
+        indent: put before every line (a table inside a report).
+        rule: a line of dashes under the headers.
+    """
     rows = [[str(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+    line = lambda cells: (indent + "  ".join(c.ljust(w) for c, w in zip(cells, widths))).rstrip()  # noqa: E731
+    ruled = [line(["-" * w for w in widths])] if rule else []
+    return "\n".join([line(headers), *ruled, *map(line, rows)])
 
 
 def _shapes(shapes: Iterable[tuple[str, tuple[int, ...]]]) -> str:

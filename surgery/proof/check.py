@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import dtypes, formats
 from ..errors import fail
+from ..render import table
 from ..graph import BOOKKEEPING, LayerGraph, Param
 from ..kinds import split_key
 
@@ -61,9 +62,8 @@ class CheckReport:
             f"(frozen: {', '.join(self.frozen) or 'none'}; {self.frozen_from})",
         ]
         if self.problems:
-            width = max(len(p.tensor) for p in self.problems)
-            lines.append(f"    {'tensor'.ljust(width)}  {'check'.ljust(7)}  problem")
-            lines += [f"    {p.tensor.ljust(width)}  {p.check.ljust(7)}  {p.detail}" for p in self.problems]
+            lines.append(table(("tensor", "check", "problem"), [(p.tensor, p.check, p.detail) for p in self.problems],
+                               indent="    ", rule=False))
         return "\n".join(lines)
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..render import table
+
 
 @dataclass
 class OutputDiff:
@@ -136,14 +138,13 @@ def _comparison_lines(index: int, comp: Comparison) -> list[str]:
     for label, text in (("layout", comp.layout), ("problem", comp.problem)):
         if text:
             lines.append(f"    {label}: {text}")
-    rows = [_HEADER] + [
+    rows = [
         (o.name, "x".join(map(str, o.shape)) or "scalar", _num(o.max_abs), _num(o.max_rel), _num(o.mean_abs),
          _num(o.rtol), _num(o.atol), _num(o.min_atol), ("yes" if o.passed else "NO") + (f" ({o.note})" if o.note else ""))
         for o in comp.outputs
     ]
-    if len(rows) > 1:
-        widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADER))]
-        lines += ["    " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if rows:
+        lines.append(table(_HEADER, rows, indent="    ", rule=False))
     div = comp.first_divergent_layer
     if div is not None:
         if div.layer:
