@@ -25,7 +25,7 @@ FLATTEN_KEYS = ("shape", "source_order", "dest_order")
 
 
 @dataclass
-class Entry:
+class MapValue:
     """A value from the map with the line it came from (0 when built in Python)."""
 
     value: Any
@@ -39,13 +39,13 @@ class Mapping:
     source: str = "<map>"
     match: str = "name"
     rename: list[tuple[re.Pattern, str, int]] = field(default_factory=list)
-    layers: dict[str, Entry] = field(default_factory=dict)      # source layer -> Entry([destination layers])
-    merge: dict[str, Entry] = field(default_factory=dict)       # destination layer -> Entry([source layers])
-    skip: list[Entry] = field(default_factory=list)
-    keep: list[Entry] = field(default_factory=list)
-    freeze: list[Entry] = field(default_factory=list)
+    layers: dict[str, MapValue] = field(default_factory=dict)      # source layer -> MapValue([destination layers])
+    merge: dict[str, MapValue] = field(default_factory=dict)       # destination layer -> MapValue([source layers])
+    skip: list[MapValue] = field(default_factory=list)
+    keep: list[MapValue] = field(default_factory=list)
+    freeze: list[MapValue] = field(default_factory=list)
     on_mismatch: str = "error"
-    flatten: dict[str, Entry] = field(default_factory=dict)     # source layer -> Entry({shape, source_order, dest_order})
+    flatten: dict[str, MapValue] = field(default_factory=dict)     # source layer -> MapValue({shape, source_order, dest_order})
 
     def where(self, line: int) -> str:
         return f"{self.source}:{line}" if line else self.source
@@ -222,10 +222,10 @@ def _rename(m: Mapping, rules: Any, lines: dict) -> list[tuple[re.Pattern, str, 
     return out
 
 
-def _layers(m: Mapping, pairs: Any, lines: dict) -> dict[str, Entry]:
+def _layers(m: Mapping, pairs: Any, lines: dict) -> dict[str, MapValue]:
     if not isinstance(pairs, dict):
         raise m.error(lines.get("layers", 0), "layers: must map source layers to destination layers")
-    out: dict[str, Entry] = {}
+    out: dict[str, MapValue] = {}
     taken: dict[str, str] = {}
     for src, dst in pairs.items():
         line = _item_line(lines, "layers", src)
@@ -236,16 +236,16 @@ def _layers(m: Mapping, pairs: Any, lines: dict) -> dict[str, Entry]:
             if d in taken:
                 raise m.error(line, f"layers: destination {d!r} is named twice (also for {taken[d]!r})")
             taken[d] = str(src)
-        out[str(src)] = Entry(dsts, line)
+        out[str(src)] = MapValue(dsts, line)
     return out
 
 
-def _merge(m: Mapping, entries: Any, lines: dict) -> dict[str, Entry]:
+def _merge(m: Mapping, entries: Any, lines: dict) -> dict[str, MapValue]:
     """``destination: [source, source, ...]``: several source layers fill one destination layer together."""
     if not isinstance(entries, dict):
         raise m.error(lines.get("merge", 0), "merge: must map a destination layer to a list of source layers")
     named = {d: s for s, e in m.layers.items() for d in e.value}
-    out: dict[str, Entry] = {}
+    out: dict[str, MapValue] = {}
     used: dict[str, str] = {}
     for dst, parts in entries.items():
         line = _item_line(lines, "merge", dst)
@@ -257,19 +257,19 @@ def _merge(m: Mapping, entries: Any, lines: dict) -> dict[str, Entry]:
             if part in m.layers or part in used:
                 raise m.error(line, f"merge: source {part!r} is already paired ({'layers' if part in m.layers else used[part]})")
             used[part] = str(dst)
-        out[str(dst)] = Entry(list(parts), line)
+        out[str(dst)] = MapValue(list(parts), line)
     return out
 
 
-def _globs(m: Mapping, section: str, values: Any, lines: dict) -> list[Entry]:
+def _globs(m: Mapping, section: str, values: Any, lines: dict) -> list[MapValue]:
     if isinstance(values, str):
         values = [values]
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise m.error(lines.get(section, 0), f"{section}: must be a list of glob patterns")
-    return [Entry(v, _item_line(lines, section, v, i)) for i, v in enumerate(values)]
+    return [MapValue(v, _item_line(lines, section, v, i)) for i, v in enumerate(values)]
 
 
-def _flatten(m: Mapping, entries: Any, lines: dict) -> dict[str, Entry]:
+def _flatten(m: Mapping, entries: Any, lines: dict) -> dict[str, MapValue]:
     if not isinstance(entries, dict):
         raise m.error(lines.get("flatten", 0), "flatten: must map source dense layers to {shape, source_order, dest_order}")
     out = {}
@@ -284,5 +284,5 @@ def _flatten(m: Mapping, entries: Any, lines: dict) -> dict[str, Entry]:
             order = spec.get(key)
             if order is not None and (not isinstance(order, str) or sorted(order) != sorted(set(order))):
                 raise m.error(line, f"flatten: {name!r} {key} must be axis letters like HWC or CHW, got {order!r}")
-        out[str(name)] = Entry(dict(spec), line)
+        out[str(name)] = MapValue(dict(spec), line)
     return out

@@ -150,7 +150,7 @@ def _any_glob(name: str, entries: list) -> bool:
     return any(fnmatch.fnmatchcase(name, e.value) for e in entries)
 
 
-def _norm(name: str) -> str:
+def _one_spelling(name: str) -> str:
     """Keras nests with ``/``, PyTorch with ``.``: compare names in one spelling."""
     return name.replace("/", ".")
 
@@ -165,12 +165,12 @@ def _pairings(plan: Plan) -> list[tuple[str, list[str], str]]:
     taken_src = set(m.layers) | set(plan.skipped) | {n for e in m.merge.values() for n in e.value}
     taken_dst = {d for e in m.layers.values() for d in e.value} | set(m.merge) | set(plan.kept)
     if m.match == "name":
-        by_name = {_norm(n): n for n in dst.layers if n not in taken_dst}
+        by_name = {_one_spelling(n): n for n in dst.layers if n not in taken_dst}
         for name in src.layers:
             if name in taken_src:
                 continue
             renamed, patterns = m.renamed(name)
-            target = by_name.pop(_norm(renamed), None)
+            target = by_name.pop(_one_spelling(renamed), None)
             if target is not None:
                 rule = "name" if not patterns else "name after rename " + ", ".join(f"`{p}`" for p in patterns)
                 out.append((name, [target], rule))
@@ -250,7 +250,7 @@ def _add_pair(plan: Plan, source: str, dsts: list[str], rule: str) -> None:
         if src_layer.key(role) not in used and role not in BOOKKEEPING:
             plan.dropped.append(src_layer.key(role))
             plan.warnings.append(f"{src_layer.key(role)}: has no destination in {', '.join(dsts)}; not copied")
-    plan.warnings.extend(settings.warnings(src_layer, dst_layers))
+    plan.warnings.extend(settings.setting_warnings(src_layer, dst_layers))
     if pair.tensors:
         plan.pairs.append(pair)
 

@@ -31,7 +31,7 @@ def effective(layer: Layer) -> dict[str, Any]:
     return {**TORCH_DEFAULTS.get(layer.kind, {}), **layer.attrs}
 
 
-def warnings(src: Layer, dsts: list[Layer]) -> list[str]:
+def setting_warnings(src: Layer, dsts: list[Layer]) -> list[str]:
     """Every setting difference between a source layer and its destination layer(s)."""
     out = _assumed(src, "source")
     mine = effective(src)

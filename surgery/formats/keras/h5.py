@@ -40,7 +40,7 @@ _SNAKE_CLASS = {}  # filled lazily: class_snake name -> Keras class
 
 
 @dataclass
-class Entry:
+class H5Layer:
     """One Keras layer found in an HDF5 file: where each of its variables lives."""
 
     name: str
@@ -139,12 +139,12 @@ def class_of_snake(snake: str) -> str | None:
     return _SNAKE_CLASS.get(snake) or _SNAKE_CLASS.get(re.sub(r"_\d+$", "", snake))
 
 
-def _keras3_entries(f: Any, specs: list) -> list[Entry]:
+def _keras3_entries(f: Any, specs: list) -> list[H5Layer]:
     """Layers of a Keras 3 file: by the config's paths where known, else by walking the tree."""
     if specs:
         return [_keras3_entry(f, s.path, s.name, s.class_name, s.config) for s in specs
                 if s.path in f and _has_vars(f[s.path])]
-    entries: list[Entry] = []
+    entries: list[H5Layer] = []
     _walk_keras3(f, "", entries)
     return entries
 
@@ -155,7 +155,7 @@ def _has_vars(group: Any) -> bool:
     return bool(found)
 
 
-def _walk_keras3(f: Any, path: str, out: list[Entry]) -> None:
+def _walk_keras3(f: Any, path: str, out: list[H5Layer]) -> None:
     group = f[path] if path else f
     if "layers" in group:          # a model: its layers in natural-sort order (the file keeps no order)
         from ...graph import natural_key
@@ -171,10 +171,10 @@ def _walk_keras3(f: Any, path: str, out: list[Entry]) -> None:
     out.append(_keras3_entry(f, path, str(name), class_of_snake(path.rsplit("/", 1)[-1]), None))
 
 
-def _keras3_entry(f: Any, path: str, name: str, class_name: str | None, config: dict | None) -> Entry:
+def _keras3_entry(f: Any, path: str, name: str, class_name: str | None, config: dict | None) -> H5Layer:
     """Name the numbered variables of one layer group (and its cell / attention sub-groups)."""
     group = f[path]
-    entry = Entry(name, class_name, config=config)
+    entry = H5Layer(name, class_name, config=config)
     if class_name == "MultiHeadAttention":
         for sub, part in _MHA_GROUPS.items():
             if f"{sub}/vars" in group:
@@ -207,11 +207,11 @@ def _variable_order(class_name: str | None, config: dict | None, count: int) -> 
     return order
 
 
-def _legacy_entries(f: Any, layout: str, specs: list) -> list[Entry]:
+def _legacy_entries(f: Any, layout: str, specs: list) -> list[H5Layer]:
     """Layers of a legacy file: ``layer_names`` in order, each with its ``weight_names``."""
     root = f["model_weights"] if layout == "legacy" else f
     by_name = {s.name: s for s in specs}
-    entries: dict[str, Entry] = {}
+    entries: dict[str, H5Layer] = {}
     for top in _attr_list(root, "layer_names"):
         group = root[top]
         weight_names = _attr_list(group, "weight_names")
@@ -220,7 +220,7 @@ def _legacy_entries(f: Any, layout: str, specs: list) -> list[Entry]:
         for weight in weight_names:
             owner = _legacy_owner(weight, top, nested) if len(owners) > 1 or nested else top
             spec = by_name.get(owner)
-            entry = entries.setdefault(owner, Entry(owner, spec.class_name if spec else None,
+            entry = entries.setdefault(owner, H5Layer(owner, spec.class_name if spec else None,
                                                     config=spec.config if spec else None))
             entry.datasets[keras_layers.var_name(weight, owner)] = f"{root.name.strip('/')}/{top}/{weight}".lstrip("/")
     order = {s.name: i for i, s in enumerate(specs)}
@@ -237,7 +237,7 @@ def _legacy_owner(weight: str, top: str, nested: set[str]) -> str:
     return parts[-1] if parts else top
 
 
-def _to_layer(f: Any, entry: Entry, path: str, opener: Callable[[], Any]) -> Layer:
+def _to_layer(f: Any, entry: H5Layer, path: str, opener: Callable[[], Any]) -> Layer:
     variables = {var: _param(f[ds], ds, path, opener) for var, ds in entry.datasets.items()}
     if entry.class_name in ("DepthwiseConv1D", "DepthwiseConv2D") and "depthwise_kernel" in variables:
         variables["kernel"] = variables.pop("depthwise_kernel")   # tf.keras 2 spelling
@@ -291,7 +291,7 @@ def fill(f: Any, graph: LayerGraph, target: LayerGraph, path: str) -> int:
 
     Returns the number of datasets written.
     """
-    entries: dict[str, Entry] = target.meta["h5"]["entries"]
+    entries: dict[str, H5Layer] = target.meta["h5"]["entries"]
     written = 0
     for layer in graph:
         entry = entries.get(layer.name)
@@ -307,7 +307,7 @@ def fill(f: Any, graph: LayerGraph, target: LayerGraph, path: str) -> int:
     return written
 
 
-def _shape_hints(entry: Entry, f: Any) -> dict[str, Any]:
+def _shape_hints(entry: H5Layer, f: Any) -> dict[str, Any]:
     hints: dict[str, Any] = {}
     if "alpha" in entry.datasets:
         hints["alpha_shape"] = list(f[entry.datasets["alpha"]].shape)

@@ -201,7 +201,7 @@ def _separable(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
     return _with(out, "pointwise.bias", v.get("bias"))
 
 
-def _norm(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+def _normalization_layer(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
     out: dict[str, Param] = {}
     _with(out, "weight", v.get("gamma"))
     _with(out, "bias", v.get("beta"))
@@ -273,7 +273,7 @@ _READERS: dict[str, Callable[[dict[str, Param], dict], dict[str, Param]]] = {
     "Conv1DTranspose": _conv_transpose, "Conv2DTranspose": _conv_transpose, "Conv3DTranspose": _conv_transpose,
     "DepthwiseConv1D": _depthwise, "DepthwiseConv2D": _depthwise,
     "SeparableConv1D": _separable, "SeparableConv2D": _separable,
-    "BatchNormalization": _norm, "LayerNormalization": _norm, "Embedding": _embedding,
+    "BatchNormalization": _normalization_layer, "LayerNormalization": _normalization_layer, "Embedding": _embedding,
     "LSTM": _lstm, "GRU": _gru, "MultiHeadAttention": _mha, "PReLU": _prelu,
 }
 
@@ -339,7 +339,7 @@ def _separable_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, P
     return _opt(out, "bias", p.get("pointwise.bias"))
 
 
-def _norm_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+def _normalization_layer_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
     out: dict[str, Param] = {}
     if cfg.get("scale", True) is not False:
         _opt(out, "gamma", p.get("weight"))
@@ -420,6 +420,6 @@ _WRITERS: dict[str, Callable[[Layer, dict[str, Param], dict], dict[str, Param]]]
     "Conv3DTranspose": _conv_transpose_back,
     "DepthwiseConv1D": _depthwise_back, "DepthwiseConv2D": _depthwise_back,
     "SeparableConv1D": _separable_back, "SeparableConv2D": _separable_back,
-    "BatchNormalization": _norm_back, "LayerNormalization": _norm_back, "Embedding": _embedding_back,
+    "BatchNormalization": _normalization_layer_back, "LayerNormalization": _normalization_layer_back, "Embedding": _embedding_back,
     "LSTM": _lstm_back, "GRU": _gru_back, "MultiHeadAttention": _mha_back, "PReLU": _prelu_back,
 }

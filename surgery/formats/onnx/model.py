@@ -256,7 +256,7 @@ def _matmul(scan: _Scanner, i: int, node: Any) -> None:
     scan.add(i, node, "dense", slots, {})
 
 
-def _norm(roles: tuple[str, ...], kind: str):
+def _normalization(roles: tuple[str, ...], kind: str):
     def handler(scan: _Scanner, i: int, node: Any) -> None:
         found = [(role, scan.init(node, k + 1)) for k, role in enumerate(roles)]
         slots = [plain_slot(t, role) for role, t in found if t is not None]
@@ -309,8 +309,8 @@ _HANDLERS = {
     "ConvTranspose": _conv,
     "Gemm": _gemm,
     "MatMul": _matmul,
-    "BatchNormalization": _norm(("weight", "bias", "running_mean", "running_var"), "batch_norm"),
-    "LayerNormalization": _norm(("weight", "bias"), "layer_norm"),
+    "BatchNormalization": _normalization(("weight", "bias", "running_mean", "running_var"), "batch_norm"),
+    "LayerNormalization": _normalization(("weight", "bias"), "layer_norm"),
     "LSTM": _rnn,
     "GRU": _rnn,
     "Gather": _gather,

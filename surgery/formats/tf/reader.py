@@ -53,7 +53,7 @@ _CELL = re.compile(r"^(lstm|gru|simple_rnn)_cell(_\d+)?$")
 
 
 @dataclass
-class Entry:
+class CheckpointVariable:
     """One tensor of a checkpoint and the name surgery gives it."""
 
     key: str                 # the checkpoint key
@@ -118,8 +118,8 @@ def _check_files(prefix: str, shown: str) -> None:
             raise fail(shard, f"missing: data shard {i + 1} of {total} of checkpoint {index}")
 
 
-def scan(reader: Any, shown: str) -> tuple[list[Entry], list[str], dict[str, str]]:
-    """Every numeric tensor of a checkpoint as an Entry, in model order where known; notes; what is left out."""
+def scan(reader: Any, shown: str) -> tuple[list[CheckpointVariable], list[str], dict[str, str]]:
+    """Every numeric tensor of a checkpoint as an CheckpointVariable, in model order where known; notes; what is left out."""
     shapes = reader.get_variable_to_shape_map()
     types = reader.get_variable_to_dtype_map()
     numeric = [k for k in shapes if types[k].name in dtypes.BY_NAME]
@@ -139,7 +139,7 @@ def scan(reader: Any, shown: str) -> tuple[list[Entry], list[str], dict[str, str
     entries = []
     for key, (name, weight) in names.items():
         layer, var = _split(name, tf1=OBJECT_GRAPH not in shapes)
-        entries.append(Entry(key, layer, var, tuple(shapes[key]), types[key].name, weight))
+        entries.append(CheckpointVariable(key, layer, var, tuple(shapes[key]), types[key].name, weight))
     return entries, notes, left_out
 
 
@@ -273,15 +273,15 @@ def _split(name: str, *, tf1: bool) -> tuple[str, str]:
     return "/".join(layer), var
 
 
-def _by_layer(entries: list[Entry], *, weights: bool) -> dict[str, list[Entry]]:
-    groups: dict[str, list[Entry]] = {}
+def _by_layer(entries: list[CheckpointVariable], *, weights: bool) -> dict[str, list[CheckpointVariable]]:
+    groups: dict[str, list[CheckpointVariable]] = {}
     for entry in entries:
         if entry.weight == weights:
             groups.setdefault(entry.layer, []).append(entry)
     return groups
 
 
-def _native(entry: Entry, reader: Any, prefix: str) -> Param:
+def _native(entry: CheckpointVariable, reader: Any, prefix: str) -> Param:
     """A lazy param in the file's own layout; reading errors name the data file and key."""
 
     def load() -> np.ndarray:
@@ -293,11 +293,11 @@ def _native(entry: Entry, reader: Any, prefix: str) -> Param:
     return Param(entry.shape, entry.dtype, load, key=entry.key)
 
 
-def _raw_layer(name: str, group: list[Entry], reader: Any, prefix: str) -> Layer:
+def _raw_layer(name: str, group: list[CheckpointVariable], reader: Any, prefix: str) -> Layer:
     return Layer(name, "unknown", {e.var: _native(e, reader, prefix) for e in group})
 
 
-def _layer(name: str, group: list[Entry], reader: Any, prefix: str) -> Layer:
+def _layer(name: str, group: list[CheckpointVariable], reader: Any, prefix: str) -> Layer:
     variables = {e.var: _native(e, reader, prefix) for e in group}
     return keras_layers.to_layer(name, _class_hint(name, variables), variables)
 
