@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import FormatError, SurgeryError, fail
 from ..layouts import data_format_shape, to_data_format
+from .runner import NativeRunner, Runner
 from .report import Comparison, LayerDivergence, VerifyReport, compare_arrays
 
 SEED = 0
@@ -80,7 +81,7 @@ def verify(
 
 # ---- opening MODEL and REF -------------------------------------------------------------
 
-def open_side(obj: Any, factory: str | None, role: str) -> Any:
+def open_side(obj: Any, factory: str | None, role: str) -> NativeRunner | Runner:
     """A runner (torch, keras or onnx) for a path or a live network."""
     from . import keras as keras_run
     from . import torch as torch_run
@@ -97,7 +98,7 @@ def open_side(obj: Any, factory: str | None, role: str) -> Any:
     return _open_path(path, factory, role)
 
 
-def _open_path(path: str, factory: str | None, role: str) -> Any:
+def _open_path(path: str, factory: str | None, role: str) -> NativeRunner | Runner:
     from . import keras as keras_run
     from . import onnx as onnx_run
     from . import torch as torch_run
@@ -142,7 +143,7 @@ def build(factory: str) -> Any:
 
 # ---- inputs ----------------------------------------------------------------------------
 
-def make_inputs(side: Any, ref: Any, inputs: Any, input_shape: Any) -> tuple[dict[str, np.ndarray], list[dict]]:
+def make_inputs(side: Runner, ref: Runner, inputs: Any, input_shape: Any) -> tuple[dict[str, np.ndarray], list[dict]]:
     """MODEL's input arrays by name, and how each was made (for the report)."""
     specs = side.input_specs()
     names = [s[0] for s in specs]
@@ -192,7 +193,7 @@ def _match_names(arrays: dict[str, np.ndarray], names: list[str], origin: str) -
                        f"(found {list(arrays)})")
 
 
-def _shapes(side: Any, ref: Any, specs: list, input_shape: Any) -> tuple[list[tuple[int, ...]], str]:
+def _shapes(side: Runner, ref: Runner, specs: list, input_shape: Any) -> tuple[list[tuple[int, ...]], str]:
     origin = f"random normal, seed {SEED}"
     if input_shape is not None:
         shapes = [input_shape] if all(isinstance(d, (int, np.integer)) for d in input_shape) else list(input_shape)
@@ -218,7 +219,7 @@ def _fits(shape: Sequence[int], declared: Sequence[int | None] | None) -> bool:
     return declared is None or (len(shape) == len(declared) and all(d is None or d == s for s, d in zip(shape, declared)))
 
 
-def _feeds_for(runner: Any, feeds: dict[str, np.ndarray], fmt: str | None) -> tuple[dict, tuple | None]:
+def _feeds_for(runner: Runner, feeds: dict[str, np.ndarray], fmt: str | None) -> tuple[dict, tuple | None]:
     """``feeds`` (in format ``fmt``) renamed and transposed for ``runner``.
 
     Returns the feeds and the move made, ``(src, dst)`` formats, or None. The
@@ -262,7 +263,7 @@ def _adapt_output(arr: np.ndarray, move: tuple | None, like: np.ndarray) -> np.n
 
 # ---- comparisons -----------------------------------------------------------------------
 
-def _onnx_comparison(side: Any, feeds: dict, rtol: float, atol: float, layers: bool) -> Comparison:
+def _onnx_comparison(side: Runner, feeds: dict, rtol: float, atol: float, layers: bool) -> Comparison:
     """ONNX Runtime vs MODEL run natively (or vs the ONNX reference evaluator for an ONNX MODEL)."""
     from . import onnx as onnx_run
 
@@ -287,7 +288,7 @@ def _onnx_comparison(side: Any, feeds: dict, rtol: float, atol: float, layers: b
     return comp
 
 
-def _native_comparison(side: Any, ref: Any, feeds: dict, rtol: float, atol: float, layers: bool,
+def _native_comparison(side: Runner, ref: Runner, feeds: dict, rtol: float, atol: float, layers: bool,
                        table: dict[str, str]) -> Comparison:
     """MODEL vs REF, each run natively (an ONNX side runs in ONNX Runtime)."""
     ref_feeds, move = _feeds_for(ref, feeds, side.data_format)
@@ -341,7 +342,7 @@ def _read_pairs(path: str, reverse: bool) -> dict[str, str]:
     return {v: k for k, v in table.items()} if reverse else table
 
 
-def _first_divergence(side: Any, ref: Any, feeds: dict, ref_feeds: dict, move: tuple | None,
+def _first_divergence(side: Runner, ref: Runner, feeds: dict, ref_feeds: dict, move: tuple | None,
                       table: dict[str, str], rtol: float, atol: float) -> LayerDivergence | None:
     """The first paired layer, in ``side``'s execution order, whose output diverges."""
     from .report import explain
