@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import dtypes
 from ..formats.keras import layers as keras_layers
+from ..formats.keras import native as keras_native
 from ..errors import SurgeryError
 from ..graph import Layer, LayerGraph, Param
 
@@ -95,7 +96,7 @@ def assign(model: Any, values: dict[str, Any]) -> None:
     """Set canonical values (``{layer: {role: array}}`` or ``{"layer.role": array}``) into the model's variables.
 
     Roles not given keep the layer's current values; each layer is converted to
-    Keras' layout with ``keras_layers.to_native`` and assigned variable by variable.
+    Keras' layout with ``keras_native.to_native`` and assigned variable by variable.
 
     Raises:
         SurgeryError: unknown layer or role, or a shape the variable does not take.
@@ -111,7 +112,7 @@ def assign(model: Any, values: dict[str, Any]) -> None:
             raise SurgeryError(f"{name}: roles {sorted(unknown)} not in {sorted(layer.params)}")
         params = {r: Param.from_array(np.asarray(roles[r]), key=f"{name}.{r}") if r in roles else p
                   for r, p in layer.params.items()}
-        native = keras_layers.to_native(Layer(name, layer.kind, params, layer.attrs), type(live).__name__,
+        native = keras_native.to_native(Layer(name, layer.kind, params, layer.attrs), type(live).__name__,
                                         live.get_config())
         for var_name, var in _variables(live).items():
             if var_name in native:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from surgery.formats.keras import layers as K
+from surgery.formats.keras.native import to_native
 from surgery.errors import SurgeryError
 from surgery.graph import Layer, Param
 
@@ -48,7 +49,7 @@ def test_round_trip_and_shapes(cls):
     for role, shape in shapes.items():
         assert layer.params[role].shape == shape, role
         assert layer.params[role].read().shape == shape, role   # shape known before read agrees with data
-    back = K.to_native(layer, cls)
+    back = to_native(layer, cls)
     for name, param in variables.items():
         assert name in back, f"{cls}: {name} not written back"
         np.testing.assert_array_equal(back[name].read(), param.read(), err_msg=f"{cls}: {name}")
@@ -83,7 +84,7 @@ def test_lstm_bias_split_and_summed_back():
     layer = K.to_layer("l", "LSTM", {"kernel": P(3, 8), "recurrent_kernel": P(2, 8), "bias": bias})
     assert not layer.params["bias_hh_l0"].read().any()
     torch_like = Layer("l", "lstm", {**layer.params, "bias_hh_l0": Param.from_array(np.ones(8, np.float32))})
-    np.testing.assert_allclose(K.to_native(torch_like, "LSTM")["bias"].read(), bias.read() + 1)
+    np.testing.assert_allclose(to_native(torch_like, "LSTM")["bias"].read(), bias.read() + 1)
 
 
 def test_bn_attrs_in_pytorch_meaning():
@@ -97,13 +98,13 @@ def test_gru_reset_after_false_refused_from_pytorch():
     torch_gru = Layer("rnn", "gru", {"weight_ih_l0": P(6, 3), "weight_hh_l0": P(6, 2),
                                      "bias_ih_l0": P(6), "bias_hh_l0": P(6)})
     with pytest.raises(SurgeryError, match="GRU layer 'rnn'.*reset_after=False"):
-        K.to_native(torch_gru, "GRU", {"reset_after": False})
+        to_native(torch_gru, "GRU", {"reset_after": False})
 
 
 def test_mha_needs_heads():
     layer = Layer("att", "multi_head_attention", {"in_proj_weight": P(18, 6), "out_proj.weight": P(6, 6)})
     with pytest.raises(SurgeryError, match="'att'.*heads"):
-        K.to_native(layer, "MultiHeadAttention")
+        to_native(layer, "MultiHeadAttention")
 
 
 def test_missing_variable_names_the_layer():
@@ -115,7 +116,7 @@ def test_unknown_class_passes_through():
     v = {"w": P(2, 2)}
     layer = K.to_layer("custom", "MyLayer", v)
     assert layer.kind == "unknown" and layer.params["w"] is v["w"]
-    assert K.to_native(layer, "MyLayer")["w"] is v["w"]
+    assert to_native(layer, "MyLayer")["w"] is v["w"]
 
 
 def test_var_name():

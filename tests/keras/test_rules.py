@@ -9,6 +9,7 @@ import pytest
 import surgery
 from surgery import adapters
 from surgery.formats.keras import layers as K
+from surgery.formats.keras.native import to_native
 from surgery.errors import PlanError
 from surgery.graph import Layer, LayerGraph, Param
 
@@ -36,7 +37,7 @@ def keras_to_torch(klayer, module):
 
 
 def torch_to_keras(module, klayer):
-    native = K.to_native(canonical_of_torch(module), type(klayer).__name__, klayer.get_config())
+    native = to_native(canonical_of_torch(module), type(klayer).__name__, klayer.get_config())
     for v in klayer.weights:
         v.assign(native[K.var_name(v.path)].read())
 
@@ -266,7 +267,7 @@ def test_rule11_torch_to_keras_flatten(keras, torch, rng, tmp_path):
     for module, name in ((conv, "conv"), (fc, "fc1")):
         feeds = adapters.feed(canonical_of_torch(module, name), [dst[name]])
         params = {**dst[name].params, **{r: f.param for (_, r), f in feeds.items()}}
-        native = K.to_native(Layer(name, dst[name].kind, params, dst[name].attrs), None)
+        native = to_native(Layer(name, dst[name].kind, params, dst[name].attrs), None)
         for v in kmodel.get_layer(name).weights:
             v.assign(native[K.var_name(v.path)].read())
     x = rng.standard_normal((2, 4, 3, 2)).astype("float32")

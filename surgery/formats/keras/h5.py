@@ -27,6 +27,7 @@ import numpy as np
 
 from ... import dtypes
 from . import layers as keras_layers
+from . import native as keras_native
 from .. import template_of
 from . import config as keras_config
 from ...errors import SurgeryError, fail
@@ -297,7 +298,7 @@ def fill(f: Any, graph: LayerGraph, target: LayerGraph, path: str) -> int:
         entry = entries.get(layer.name)
         if entry is None:
             continue
-        native = keras_layers.to_native(layer, entry.class_name, {**(entry.config or {}), **_shape_hints(entry, f)})
+        native = keras_native.to_native(layer, entry.class_name, {**(entry.config or {}), **_shape_hints(entry, f)})
         if "depthwise_kernel" in entry.datasets and "kernel" in native and "depthwise_kernel" not in native:
             native["depthwise_kernel"] = native.pop("kernel")
         for var, ds_path in entry.datasets.items():

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..keras import layers as keras_layers
+from ..keras import native as keras_native
 from ...errors import fail
 from ...graph import Layer, LayerGraph, Param
 from ...io import fsync_path
@@ -94,7 +94,7 @@ def _write_fresh(graph: LayerGraph, tmp: str) -> None:
 
 def _native_arrays(layer: Layer, config: dict | None = None) -> dict[str, np.ndarray]:
     """A canonical layer's Keras variables, read into memory."""
-    native = keras_layers.to_native(layer, None, config)
+    native = keras_native.to_native(layer, None, config)
     return {var: value.read() if isinstance(value, Param) else np.asarray(value) for var, value in native.items()}
 
 
