@@ -30,6 +30,7 @@ class Feed:
     param: Param                 # lazy, canonical layout, source dtype
     sources: tuple[str, ...]     # full canonical names of the source tensors used
     transform: str               # shown in the plan: "identity", "gates ifco->ifgo"...
+    assumed: dict[str, Any] | None = None  # a layout taken on trust: the map's ``flatten`` entry that confirms it
 
 
 class MergedLayer(Layer):
@@ -234,13 +235,14 @@ def flatten_rows(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict
     weight = src.params["weight"]
     step = transform.name if transform is not layouts.IDENTITY else f"flatten order {src_order} kept"
     text = f"{weight.layout}, {step}" if weight.layout else step
+    assumed = None
     if "assumed" in (src_how, dst_how):
         side, order = ("destination", dst_order) if dst_how == "assumed" else ("source", src_order)
         text += (f" (assumed: the {side} flattens its NCHW map in {order} order; "
                  "override with the map's `flatten:`)")
+        assumed = {"shape": [sizes[a] for a in src_order], "source_order": src_order, "dest_order": dst_order}
     feeds = by_role(src, dsts, options) or {}
-    feeds[(dst.name, "weight")] = Feed(weight.derived(transform),
-                                       (src.key("weight"),), text)
+    feeds[(dst.name, "weight")] = Feed(weight.derived(transform), (src.key("weight"),), text, assumed)
     return feeds
 
 

@@ -6,7 +6,8 @@ import os
 from typing import Any, Iterable
 
 from . import formats
-from .apply import Transplant, save, transplant_graphs
+from .apply import Transplant, save, transplant_graphs, write_report
+from .io import refuse_overwrite
 from .compare import DiffReport, diff as _diff
 from .errors import SurgeryError
 from .graph import LayerGraph
@@ -40,17 +41,44 @@ def plan(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str] = (),
                      mapping, freeze=freeze, match=match)
 
 
-def transplant(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str] = (), strict: bool = False,
-               match: str | None = None, unsafe_pickle: bool = False) -> Transplant:
-    """Plan and apply: the destination with the source's weights, lazily; write it with ``save``.
+def transplant(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str] = (), strict: bool = True,
+               match: str | None = None, unsafe_pickle: bool = False, output: "str | os.PathLike | None" = None,
+               dry_run: bool = False, verify: bool = False, factory: str | None = None, input_shape: Any = None,
+               max_shard_size: int | None = None, report: "str | os.PathLike | None" = None,
+               quiet: bool = True) -> Transplant:
+    """Plan and apply: the destination with the source's weights; written to ``output`` if given.
+
+    Args:
+        strict: refuse (``StrictError``, nothing written) when the plan leaves a decision
+            open: a destination tensor left as initialised, a source tensor copied nowhere,
+            an assumed layout, an ambiguous pair. ``False`` accepts all of them
+            (``--allow-partial``), recorded in the report and the sidecar.
+        output: write the result here (atomically) and ``output.surgery.json`` beside it.
+            None: return the lazy result; write it later with ``save``.
+        dry_run: plan only: no tensor data is read, nothing is written.
+        verify: after writing, prove the output computes what ``src`` computed
+            (``result.proof`` is the VerifyReport, also recorded in the sidecar).
+        report: also write the report as JSON here, with a sha256 of each copied tensor.
 
     Raises:
-        PlanError: with ``strict=True``, when a destination layer is left as
-            initialised that the map did not ``keep``, or a source layer is unused
-            that the map did not ``skip``.
+        StrictError: ``strict`` and the plan leaves a decision open; it carries the plan.
+        MapError, PlanError, FormatError: bad map, impossible pair, unreadable file.
+
+    Example:
+        >>> surgery.transplant("vgg16.h5", "vgg.pt", mapping="map.yaml", output="port.pt")  # doctest: +SKIP
     """
-    return transplant_graphs(load(src, unsafe_pickle=unsafe_pickle), load(dst, unsafe_pickle=unsafe_pickle),
-                             mapping, freeze=freeze, strict=strict, match=match)
+    if output is not None and not isinstance(src, LayerGraph):
+        refuse_overwrite(src, output)  # before any work: the source is never written over
+    result = transplant_graphs(load(src, unsafe_pickle=unsafe_pickle), load(dst, unsafe_pickle=unsafe_pickle),
+                               mapping, freeze=freeze, strict=strict, match=match)
+    if dry_run or output is None:
+        return result
+    save(result, output, max_shard_size=max_shard_size, quiet=quiet, tensor_hashes=report is not None)
+    if verify:
+        result.proof = verify_transplant(result, factory=factory, input_shape=input_shape)
+    if report is not None:
+        write_report(result, report)
+    return result
 
 
 def diff(a: Any, b: Any, *, unsafe_pickle: bool = False) -> DiffReport:
@@ -90,7 +118,7 @@ def verify_transplant(result: Transplant, *, factory: str | None = None, input_s
     return report
 
 
-def load_into(model: Any, path: Any, mapping: Any = None, *, freeze: Iterable[str] = (), strict: bool = False,
+def load_into(model: Any, path: Any, mapping: Any = None, *, freeze: Iterable[str] = (), strict: bool = True,
               unsafe_pickle: bool = False) -> Transplant:
     """Copy a checkpoint's weights into a live ``torch.nn.Module`` (or ``keras.Model``) and freeze layers.
 

@@ -36,6 +36,7 @@ class Transplant:
     output: str | None = None
     source_sha256: str | None = None
     verify: dict[str, Any] | None = None
+    proof: Any = None          # the VerifyReport of ``transplant(verify=True)``
 
     @property
     def warnings(self) -> list[str]:
@@ -63,11 +64,13 @@ def transplant_graphs(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, 
     """Plan and apply between two graphs already read: the destination with the source's weights, lazily.
 
     Raises:
-        StrictError: with ``strict=True``, when the plan leaves something unpaired.
+        StrictError: with ``strict=True`` (the default), when the plan leaves a decision open.
     """
     plan = make_plan(src, dst, mapping, freeze=freeze, match=match)
-    if strict and not plan.strict_ok:
-        raise StrictError(plan)
+    if not plan.strict_ok:
+        if strict:
+            raise StrictError(plan)
+        plan.allow_partial = True  # recorded in the report and the sidecar
     return apply_plan(plan)
 
 
@@ -186,6 +189,15 @@ def write_record(result: Transplant, path: str) -> str:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2, default=str)
     return record_path
+
+
+def write_report(obj: "Transplant | Plan", path: str | os.PathLike) -> str:
+    """The report as JSON (``--report``), written atomically; returns its path."""
+    path = os.fspath(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj.to_dict(), f, indent=2, default=str)
+    return path
 
 
 def parse_size(text: str) -> int:

@@ -63,9 +63,11 @@ class Mapping:
                 name = new
         return name, used
 
-    def check_names(self, src_names: Iterable[str], dst_names: Iterable[str]) -> None:
-        """Every explicit name and every glob must match a layer of the right graph."""
+    def check_names(self, src_names: Iterable[str], dst_names: Iterable[str], src_keys: Iterable[str] = (),
+                    dst_keys: Iterable[str] = ()) -> None:
+        """Every explicit name and every glob must match a layer (``skip``/``keep``: or a tensor) of the right graph."""
         src, dst = list(src_names), list(dst_names)
+        tensors = {"skip": src + list(src_keys), "keep": dst + list(dst_keys), "freeze": dst}
         src_set, dst_set = set(src), set(dst)
         for name, entry in self.layers.items():
             if name not in src_set:
@@ -81,7 +83,7 @@ class Mapping:
                     raise self.error(entry.line, f"merge: source layer {part!r} does not exist{_close(part, src)}")
         for section, names, side in (("skip", src, "source"), ("keep", dst, "destination"), ("freeze", dst, "destination")):
             for entry in getattr(self, section):
-                if not fnmatch.filter(names, entry.value):
+                if not fnmatch.filter(tensors[section], entry.value):
                     raise self.error(entry.line, f"{section}: {entry.value!r} matches no {side} layer")
         for name, entry in self.flatten.items():
             if name not in src_set:

@@ -53,6 +53,15 @@ class Pair:
 
 
 @dataclass
+class Decision:
+    """Something only the user (or ``--probe``) can settle, and the map entries that settle it as planned."""
+
+    message: str
+    flatten: dict[str, Any] = field(default_factory=dict)   # source layer -> {shape, source_order, dest_order}
+    layers: dict[str, str] = field(default_factory=dict)    # source layer -> destination layer
+
+
+@dataclass
 class Plan:
     """What a transplant will do, before it does it. ``str(plan)`` is the report."""
 
@@ -61,10 +70,14 @@ class Plan:
     mapping: Mapping
     pairs: list[Pair] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)      # source layers copied nowhere, not skipped
-    skipped: list[str] = field(default_factory=list)     # source layers the map skips
-    kept: list[str] = field(default_factory=list)        # destination layers the map keeps as initialised
+    skipped: list[str] = field(default_factory=list)     # source layers (or tensors) the map skips
+    kept: list[str] = field(default_factory=list)        # destination layers (or tensors) the map keeps as initialised
     uncovered: list[str] = field(default_factory=list)   # destination layers left as initialised, not kept
     dropped: list[str] = field(default_factory=list)     # source tensors of paired layers that go nowhere
+    unfilled: list[str] = field(default_factory=list)    # destination tensors of paired layers left as initialised
+    assumed: list[Decision] = field(default_factory=list)    # layouts taken on trust
+    ambiguous: list[Decision] = field(default_factory=list)  # pairs that rest on storage order alone
+    allow_partial: bool = False                          # accepted with open decisions (strict=False)
     frozen: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     merged: dict[str, Any] = field(default_factory=dict, repr=False)   # virtual source layers of `merge`
@@ -79,13 +92,29 @@ class Plan:
 
     @property
     def strict_ok(self) -> bool:
-        """No destination layer left as initialised unless kept, no source unused unless skipped, none dropped."""
-        return not self.unused and not self.uncovered and not self.dropped
+        """Nothing left for the user to decide: see ``decisions``."""
+        return not self.decisions()
+
+    def decisions(self) -> list[str]:
+        """What the plan cannot settle by itself, one line each; empty when exit 0 can mean "right"."""
+        groups = (("destination layers left as initialised", self.uncovered),
+                  ("destination tensors left as initialised", self.unfilled),
+                  ("source layers unused", self.unused), ("source tensors with no destination", self.dropped))
+        out = [f"{title}: {', '.join(names)}" for title, names in groups if names]
+        return out + [d.message for d in self.assumed + self.ambiguous]
+
+    def accept_lines(self) -> str:
+        """The map lines that accept every open decision as the plan stands (YAML, ready to paste)."""
+        from .render import accept_yaml
+
+        return accept_yaml(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.src.path, "destination": self.dst.path, "map": self.mapping.to_dict(),
                 "pairs": [p.to_dict() for p in self.pairs], "unused": self.unused, "skipped": self.skipped,
-                "dropped": self.dropped,
+                "dropped": self.dropped, "unfilled": self.unfilled,
+                "assumed": [d.message for d in self.assumed], "ambiguous": [d.message for d in self.ambiguous],
+                "decisions": self.decisions(), "allow_partial": self.allow_partial,
                 "kept": self.kept, "uncovered": self.uncovered, "frozen": self.frozen,
                 "warnings": self.warnings, "notes": {"source": self.src.notes, "destination": self.dst.notes}}
 
@@ -101,18 +130,16 @@ class Plan:
 
 
 class StrictError(SurgeryError):
-    """``strict`` transplant refused: something was left unpaired. Carries the plan."""
+    """A transplant refused because the plan leaves decisions open (strict, the default). Carries the plan.
+
+    ``accept_lines`` is the map text that accepts them as planned.
+    """
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        parts = []
-        if plan.uncovered:
-            parts.append(f"destination layers left as initialised: {', '.join(plan.uncovered)}")
-        if plan.unused:
-            parts.append(f"source layers unused: {', '.join(plan.unused)}")
-        if plan.dropped:
-            parts.append(f"source tensors with no destination: {', '.join(plan.dropped)}")
-        super().__init__("strict: " + "; ".join(parts) + " (pair them, or list them under keep/skip)")
+        self.accept_lines = plan.accept_lines()
+        super().__init__("strict: " + "; ".join(plan.decisions())
+                         + " (add the map lines shown to accept, or pass --allow-partial / strict=False)")
 
 
 def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: Iterable[str] = (),
@@ -126,7 +153,7 @@ def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: 
     m = load_map(mapping)
     if match:
         m.match = match
-    m.check_names(src.layers, dst.layers)
+    m.check_names(src.layers, dst.layers, [k for k, _ in src.tensors()], [k for k, _ in dst.tensors()])
     plan = Plan(src, dst, m)
     plan.skipped = [n for n in src.layers if _any_glob(n, m.skip)]
     plan.kept = [n for n in dst.layers if _any_glob(n, m.keep)]
@@ -137,7 +164,7 @@ def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: 
     filled = {d for p in plan.pairs for d in p.destinations}
     plan.unused = [n for n in src.layers if n not in used and n not in plan.skipped]
     plan.uncovered = [n for n in dst.layers if n not in filled and n not in plan.kept]
-    plan.warnings.extend(_flatten_unknown(plan))
+    plan.assumed.extend(_flatten_unknown(plan))
     globs = [e.value for e in m.freeze] + list(freeze)
     plan.frozen = [n for n, layer in dst.layers.items() if layer.frozen or any(fnmatch.fnmatchcase(n, g) for g in globs)]
     for g in freeze:
@@ -148,6 +175,11 @@ def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: 
 
 def _any_glob(name: str, entries: list) -> bool:
     return any(fnmatch.fnmatchcase(name, e.value) for e in entries)
+
+
+def _kept(plan: Plan, layer: Layer, role: str) -> bool:
+    """The map keeps this destination tensor as initialised, by its layer's name or its own."""
+    return _any_glob(layer.name, plan.mapping.keep) or _any_glob(layer.key(role), plan.mapping.keep)
 
 
 def _one_spelling(name: str) -> str:
@@ -185,8 +217,9 @@ def align_by_shape(plan: Plan, src_names: list[str], dst_names: list[str]) -> li
     """Pair layers in order by kind and canonical shapes, with a longest-common-subsequence alignment.
 
     An inserted or removed layer on either side does not shift the pairs after
-    it. Where one signature occurs a different number of times on the two sides,
-    the pairing among those layers is by order and a warning says so.
+    it. Where a signature occurs more than once on either side, the pairs among
+    those layers rest on the order the files store them in: each is a decision
+    (``plan.ambiguous``) unless the two names agree, and the map's ``layers`` settles it.
     """
     a = [plan.src[n].signature() for n in src_names]
     b = [plan.dst[n].signature() for n in dst_names]
@@ -204,10 +237,12 @@ def align_by_shape(plan: Plan, src_names: list[str], dst_names: list[str]) -> li
             i += 1
         else:
             j += 1
-    for sig in {s for s in a if s in b}:
-        if a.count(sig) != b.count(sig):
-            plan.warnings.append(f"ambiguous shape match: {a.count(sig)} source and {b.count(sig)} destination "
-                                 f"{sig[0]} layers share shapes; paired in order — name them under `layers` to be sure")
+    for source, (dst,), _ in pairs:
+        sig = plan.src[source].signature()
+        if (a.count(sig) > 1 or b.count(sig) > 1) and _one_spelling(source) != _one_spelling(dst):
+            plan.ambiguous.append(Decision(
+                f"{source} -> {dst}: paired by storage order among {a.count(sig)} source and {b.count(sig)} "
+                f"destination {sig[0]} layers of the same shapes; confirm under `layers`", layers={source: dst}))
     return pairs
 
 
@@ -239,15 +274,26 @@ def _add_pair(plan: Plan, source: str, dsts: list[str], rule: str) -> None:
         for role, dst_param in dst_layer.params.items():
             fed = feeds.get((dst_layer.name, role))
             if fed is None:
-                if role not in BOOKKEEPING:
+                if role in BOOKKEEPING:
+                    continue
+                if _kept(plan, dst_layer, role):
+                    plan.kept.append(dst_layer.key(role))
+                else:
+                    plan.unfilled.append(dst_layer.key(role))
                     plan.warnings.append(settings.unfilled(src_layer, dst_layer, role))
                 continue
+            if fed.assumed is not None and source not in plan.mapping.flatten:
+                plan.assumed.append(Decision(f"{dst_layer.key(role)}: {fed.transform}",
+                                             flatten={source: fed.assumed}))
             copy = _tensor_copy(plan, dst_layer.key(role), dst_param, fed)
             if copy is not None:
                 pair.tensors.append(copy)
     used = {s for t in pair.tensors for s in t.sources} | {s for f in feeds.values() for s in f.sources}
     for role in src_layer.params:
         if src_layer.key(role) not in used and role not in BOOKKEEPING:
+            if _any_glob(src_layer.key(role), plan.mapping.skip):
+                plan.skipped.append(src_layer.key(role))  # the map skips this tensor by name
+                continue
             plan.dropped.append(src_layer.key(role))
             plan.warnings.append(f"{src_layer.key(role)}: has no destination in {', '.join(dsts)}; not copied")
     plan.warnings.extend(settings.setting_warnings(src_layer, dst_layers))
@@ -304,7 +350,7 @@ def _pasted(src: Param, dst: Param) -> Param:
     return Param(dst.shape, dst.dtype, load, key=src.key)
 
 
-def _flatten_unknown(plan: Plan) -> list[str]:
+def _flatten_unknown(plan: Plan) -> list[Decision]:
     """Dense pairs that may follow a channels-last Flatten where no file says whether they do.
 
     A Keras file without a config (``.weights.h5``, a TF checkpoint) cannot tell;
@@ -320,9 +366,12 @@ def _flatten_unknown(plan: Plan) -> list[str]:
                 continue
             last = [(g, l) for g, l in ((plan.src, src), (plan.dst, dst)) if l.attrs.get("data_format") == "channels_last"]
             if len(last) == 1 and not last[0][0].meta.get("architecture") and _maybe_after_flatten(*last[0]):
-                out.append(f"{src.name} -> {dst.name}: the file records no architecture, so whether a Flatten of a "
-                           "channels-last feature map feeds this dense layer is unknown; if one does, its rows need "
-                           f"reordering: give `flatten: {{{src.name}: {{shape: [H, W, C], source_order: HWC}}}}` in the map")
+                out.append(Decision(
+                    f"{src.name} -> {dst.name}: the file records no architecture, so whether a Flatten of a "
+                    "channels-last feature map feeds this dense layer is unknown; if one does, its rows need "
+                    f"reordering: give `flatten: {{{src.name}: {{shape: [H, W, C], source_order: HWC}}}}` in the map; "
+                    f"if none does, `flatten: {{{src.name}: {{shape: [{src.params['weight'].shape[-1]}], "
+                    "source_order: C, dest_order: C}}`"))
     return out
 
 

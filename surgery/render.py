@@ -69,23 +69,68 @@ def _jsonable(v: Any) -> bool:
 
 
 def plan_text(plan: "Plan", warnings: list[str] | None = None) -> str:
+    """The report: the pairs, then three levels: needs a decision, check this, notes."""
     rows = []
     for pair in plan.pairs:
         transforms = sorted({t.transform for t in pair.tensors})
         rows.append([pair.source, ", ".join(pair.destinations), pair.rule, "; ".join(transforms)])
     parts = [table(["source", "destination", "why", "transform"], rows) if rows else "no pairs"]
-    sections = (("source layers unused", plan.unused), ("source tensors with no destination", plan.dropped),
-                ("source layers skipped by the map", plan.skipped),
-                ("destination layers left as initialised", plan.uncovered),
-                ("destination layers kept as initialised by the map", plan.kept), ("frozen", plan.frozen),
-                ("warnings", plan.warnings if warnings is None else warnings),
-                ("notes", [f"source: {n}" for n in plan.src.notes] + [f"destination: {n}" for n in plan.dst.notes]))
+    decided = "accepted with --allow-partial" if plan.allow_partial else "needs a decision"
+    sections = (
+        (decided, plan.decisions()),
+        ("check this", group_warnings(plan.warnings if warnings is None else warnings)),
+        ("source layers and tensors skipped by the map", plan.skipped),
+        ("destination layers and tensors kept as initialised by the map", plan.kept), ("frozen", plan.frozen),
+        ("notes", [f"source: {n}" for n in plan.src.notes] + [f"destination: {n}" for n in plan.dst.notes]),
+    )
     for title, items in sections:
         if items:
             parts.append(f"{title} ({len(items)}):\n" + "\n".join(f"  {i}" for i in items))
     n = sum(len(p.tensors) for p in plan.pairs)
     parts.append(f"{len(plan.pairs)} layer pairs, {n} tensors copied")
     return "\n".join(parts)
+
+
+def group_warnings(warnings: list[str]) -> list[str]:
+    """Warnings that say the same thing of several layers, as one line naming them all.
+
+    A warning reads ``<where>: <what>``; the same ``<what>`` seven times trains
+    users to skip the list, so it is said once, after every ``<where>``.
+    """
+    by_text: dict[str, list[str]] = {}
+    for warning in warnings:
+        where, sep, what = warning.partition(": ")
+        key = what if sep else warning
+        by_text.setdefault(key, []).append(where if sep else "")
+    out = []
+    for what, wheres in by_text.items():
+        named = [w for w in wheres if w]
+        if len(named) <= 1:
+            out.append(f"{named[0]}: {what}" if named else what)
+        else:
+            shown = ", ".join(named[:6]) + (f" (+{len(named) - 6} more)" if len(named) > 6 else "")
+            out.append(f"{shown}: {what}")
+    return out
+
+
+def accept_yaml(plan: "Plan") -> str:
+    """The map lines that accept a plan's open decisions as planned (``StrictError.accept_lines``)."""
+    lines = []
+    flatten = {k: v for d in plan.assumed for k, v in d.flatten.items()}
+    layers = {k: v for d in plan.ambiguous for k, v in d.layers.items()}
+    for title, items in (("skip", plan.unused + plan.dropped), ("keep", plan.uncovered + plan.unfilled)):
+        if items:
+            lines.append(f"{title}: [{', '.join(_scalar(i) for i in items)}]")
+    if layers:
+        lines.append("layers:")
+        lines += [f"  {_scalar(s)}: {_scalar(d)}" for s, d in layers.items()]
+    if flatten:
+        lines.append("flatten:")
+        lines += [f"  {_scalar(s)}: {{shape: {list(v['shape'])}, source_order: {v['source_order']}, "
+                  f"dest_order: {v['dest_order']}}}" for s, v in flatten.items()]
+    unsettled = [d.message for d in plan.assumed if not d.flatten]
+    lines += [f"# decide yourself: {m}" for m in unsettled]
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def plan_yaml(plan: "Plan") -> str:
@@ -103,6 +148,12 @@ def plan_yaml(plan: "Plan") -> str:
         if items:
             lines.append(f"{title}:")
             lines += [f"  - {_scalar(i)}" for i in items]
+    flatten = {k: v for d in plan.assumed for k, v in d.flatten.items()}
+    if flatten:
+        lines.append("flatten:  # assumed from each side's framework, not recorded in the files: check")
+        lines += [f"  {_scalar(s)}: {{shape: {list(v['shape'])}, source_order: {v['source_order']}, "
+                  f"dest_order: {v['dest_order']}}}" for s, v in flatten.items()]
+    lines += [f"# decide yourself: {d.message}" for d in plan.assumed if not d.flatten]
     if plan.unused or plan.uncovered:
         lines.append("# could not pair: " + ", ".join(plan.unused + plan.uncovered))
     lines.append(f"on_mismatch: {plan.mapping.on_mismatch}")

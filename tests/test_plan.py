@@ -38,7 +38,9 @@ def test_name_after_rename_and_explicit_pairs():
 
 def test_transplant_copies_values_and_leaves_the_rest():
     src, dst = graph(**SRC), graph(**SRC, **{"new.weight": (2, 2)})
-    out = surgery.transplant(src, dst).graph.state()
+    with pytest.raises(surgery.StrictError, match="destination layers left as initialised: new"):
+        surgery.transplant(src, dst)  # strict by default: `new` must be kept on purpose
+    out = surgery.transplant(src, dst, {"keep": ["new"]}).graph.state()
     for key, param in src.state().items():
         assert np.array_equal(out[key].read(), param.read()), key
     assert np.array_equal(out["new.weight"].read(), dst.state()["new.weight"].read())
@@ -96,7 +98,29 @@ def test_ambiguous_shape_match_is_reported():
     src = graph(**{"a.weight": (4, 4), "b.weight": (4, 4), "c.weight": (4, 4)})
     dst = graph(**{"x.weight": (4, 4), "y.weight": (4, 4)})
     plan = surgery.plan(src, dst, {"match": "shape"})
-    assert any("ambiguous shape match: 3 source and 2 destination" in w for w in plan.warnings)
+    assert [d.message.split(":")[0] for d in plan.ambiguous] == ["a -> x", "b -> y"]
+    assert all("among 3 source and 2 destination" in d.message for d in plan.ambiguous)
+    assert not plan.strict_ok and plan.accept_lines().startswith("skip: [c]\nlayers:\n  a: x\n  b: y")
+
+
+def test_the_printed_map_lines_accept_what_strict_refused(tmp_path):
+    src = graph(**{"a.weight": (4, 4), "b.weight": (4, 4), "c.weight": (4, 4), "d.weight": (5, 5)})
+    dst = graph(**{"x.weight": (4, 4), "y.weight": (4, 4), "z.weight": (3, 3)})
+    with pytest.raises(surgery.StrictError) as refused:
+        surgery.transplant(src, dst, {"match": "shape"})
+    mapping = tmp_path / "map.yaml"
+    mapping.write_text("version: 1\nmatch: shape\n" + refused.value.accept_lines)
+    result = surgery.transplant(src, dst, str(mapping))  # the pasted lines settle every decision
+    assert result.plan.strict_ok and not result.plan.allow_partial
+    assert {p.source: p.destinations[0] for p in result.plan.pairs} == {"a": "x", "b": "y"}
+    assert set(result.plan.skipped) == {"c", "d"} and result.plan.kept == ["z"]
+
+
+def test_allow_partial_accepts_and_says_so():
+    src, dst = graph(**SRC), graph(**SRC, **{"new.weight": (2, 2)})
+    result = surgery.transplant(src, dst, strict=False)
+    assert result.plan.allow_partial and result.plan.to_dict()["allow_partial"] is True
+    assert "accepted with --allow-partial (1):" in str(result.plan)
 
 
 def test_map_names_checked_before_any_data_is_read():

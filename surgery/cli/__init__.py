@@ -106,8 +106,10 @@ def map_command(src: str, dst: str, match: str, mapping: str | None, output: str
 @click.option("-o", "--output", type=click.Path(), help="Output file (default: DST, replaced atomically).")
 @click.option("--match", type=click.Choice(["name", "shape", "none"]), help="Override the map's `match`.")
 @click.option("--freeze", multiple=True, metavar="GLOB", help="Mark destination layers frozen (repeatable).")
-@click.option("--strict", is_flag=True,
-              help="Exit 1, writing nothing, if any layer is left unpaired and not kept/skipped, or any tensor dropped.")
+@click.option("--allow-partial", is_flag=True,
+              help="Accept every open decision at once (layers left as initialised, tensors copied nowhere, "
+                   "assumed layouts, ambiguous pairs); recorded in the report and OUT.surgery.json.")
+@click.option("--strict", is_flag=True, hidden=True, help="The default; accepted for old scripts.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; read no tensor data, write nothing.")
 @click.option("--report", "report_path", type=click.Path(),
               help="Also write the report as JSON here, with a sha256 of each copied tensor.")
@@ -120,54 +122,55 @@ def map_command(src: str, dst: str, match: str, mapping: str | None, output: str
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="S", help="With --verify: random input shape.")
 @unsafe_option
 def transplant(src: str, dst: str, mapping: str | None, output: str | None, match: str | None, freeze: tuple[str, ...],
-               strict: bool, dry_run: bool, report_path: str | None, max_shard_size: str | None, as_json: bool,
-               quiet: bool, verify_after: bool, factory: str | None, input_shapes: tuple[str, ...],
+               allow_partial: bool, strict: bool, dry_run: bool, report_path: str | None, max_shard_size: str | None,
+               as_json: bool, quiet: bool, verify_after: bool, factory: str | None, input_shapes: tuple[str, ...],
                unsafe_pickle: bool) -> None:
     """Copy SRC's weights into DST's layers as the map says, and write the result.
 
     Writes OUT (default DST, replaced atomically) and OUT.surgery.json, and prints
     the report: pairs with their transforms, unused and kept layers, frozen layers,
-    warnings. With --verify, OUT is then run against SRC and the verdict recorded in
-    OUT.surgery.json (OUT is kept either way). Exit 0 ok, 1 when --strict or
-    --verify fails, 2 on bad input.
+    warnings. Strict by default: anything left open (a destination layer left as
+    initialised, a source tensor copied nowhere, an assumed layout, an ambiguous pair)
+    exits 1, writes nothing and prints the map lines that accept it; --allow-partial
+    accepts them all. With --verify, OUT is then run against SRC and the verdict
+    recorded in OUT.surgery.json (OUT is kept either way). Exit 0 ok, 1 a decision is
+    needed or --verify failed, 2 on bad input.
     """
     from .. import api
-    from ..apply import apply_plan, parse_size
-    from ..io import refuse_overwrite
+    from ..apply import parse_size, write_report
+    from .proof import parse_shapes
 
     out = output or dst
-    refuse_overwrite(src, out)
-    shard = parse_size(max_shard_size) if max_shard_size else None
-    plan = api.plan(src, dst, mapping, freeze=freeze, match=match, unsafe_pickle=unsafe_pickle)
-    if dry_run or (strict and not plan.strict_ok):
-        _report(plan, plan.to_dict(), as_json, report_path)
-        if strict and not plan.strict_ok:
-            click.echo(f"surgery: {api.StrictError(plan)}; nothing written", err=True)
-            sys.exit(EXIT_FAIL)
+    try:
+        result = api.transplant(src, dst, mapping, freeze=freeze, match=match, strict=not allow_partial,
+                                unsafe_pickle=unsafe_pickle, output=out, dry_run=dry_run, verify=verify_after,
+                                factory=factory, input_shape=parse_shapes(input_shapes),
+                                max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
+                                report=None if dry_run else report_path, quiet=quiet)
+    except api.StrictError as refused:
+        if report_path:
+            write_report(refused.plan, report_path)
+        _report(refused.plan, refused.plan.to_dict(), as_json)
+        click.echo(f"surgery: {refused}; nothing written", err=True)
+        if refused.accept_lines:
+            click.echo("add to the map to accept as planned (merge into existing sections):\n"
+                       + refused.accept_lines.rstrip(), err=True)
+        sys.exit(EXIT_FAIL)
+    if dry_run:
+        if report_path:
+            write_report(result.plan, report_path)
+        _report(result.plan, result.plan.to_dict(), as_json)
         return
-    result = apply_plan(plan)
-    api.save(result, out, max_shard_size=shard, quiet=quiet, source=src, tensor_hashes=bool(report_path))
-    proof = None
-    if verify_after:
-        from .proof import parse_shapes
-
-        proof = api.verify_transplant(result, factory=factory, input_shape=parse_shapes(input_shapes))
-    _report(result, result.to_dict(), as_json, report_path)
+    _report(result, result.to_dict(), as_json)
     if not as_json:
         click.echo(f"wrote {out} and {out}.surgery.json")
-        if proof is not None:
-            click.echo(str(proof))
-    if proof is not None and not proof:
+        if result.proof is not None:
+            click.echo(str(result.proof))
+    if result.proof is not None and not result.proof:
         sys.exit(EXIT_FAIL)
 
 
-def _report(obj: Any, data: dict, as_json: bool, report_path: str | None) -> None:
-    from ..io import atomic_path
-
-    if report_path:
-        with atomic_path(report_path) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, default=str)
+def _report(obj: Any, data: dict, as_json: bool) -> None:
     if as_json:
         _emit(data)
     else:

@@ -26,7 +26,7 @@ def backend(model: Any) -> ModuleType:
     return live
 
 
-def load_into(model: Any, path: Any, mapping: Any = None, *, freeze: Iterable[str] = (), strict: bool = False,
+def load_into(model: Any, path: Any, mapping: Any = None, *, freeze: Iterable[str] = (), strict: bool = True,
               unsafe_pickle: bool = False) -> Any:
     """Copy a checkpoint's weights into a live model, set its layer settings, freeze layers.
 

@@ -30,8 +30,7 @@ def test_verify_passes_and_is_recorded(run, tmp_path, chdir_root):
 
 def test_verify_catches_a_wrong_flatten_and_names_the_layer(run, tmp_path, chdir_root):
     wrong = tmp_path / "map.yaml"
-    wrong.write_text((TORCH / "keras_full_map.yaml").read_text()
-                     + "flatten:\n  fc1: {shape: [4, 4, 16], source_order: HWC, dest_order: HWC}\n")
+    wrong.write_text((TORCH / "keras_full_map.yaml").read_text().replace("dest_order: CHW", "dest_order: HWC"))
     out = tmp_path / "port.pt"
     result = run("transplant", KERAS, PORT, "--map", wrong, "-o", out, "--verify", "--factory", FACTORY, "--quiet")
     assert result.exit_code == 1
@@ -62,6 +61,8 @@ layers:
   classifier.1: fc1
   classifier.3: predictions
 freeze: ["block1_*"]
+flatten:
+  classifier.1: {shape: [16, 4, 4], source_order: CHW, dest_order: HWC}
 """
 
 

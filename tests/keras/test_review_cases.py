@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import yaml
 
 import surgery
 from surgery.graph import LayerGraph, Param
@@ -14,7 +15,9 @@ from .conftest import KERAS_FIXTURES, assert_close
 from surgery.kinds import graph_of_params
 
 REVERSE = {"layers": {"features.0": "block1_conv1", "features.2": "block1_bn", "features.4": "block2_conv1",
-                      "features.6": "block2_bn", "classifier.1": "fc1", "classifier.3": "predictions"}}
+                      "features.6": "block2_bn", "classifier.1": "fc1", "classifier.3": "predictions"},
+           # the .pt records no architecture: say how the port flattened (C, H, W) and Keras does (H, W, C)
+           "flatten": {"classifier.1": {"shape": [16, 4, 4], "source_order": "CHW", "dest_order": "HWC"}}}
 
 
 def test_pytorch_into_a_live_keras_model_reorders_the_flatten_rows(keras, tmp_path):
@@ -31,8 +34,11 @@ def test_pytorch_into_a_live_keras_model_reorders_the_flatten_rows(keras, tmp_pa
 
 
 def test_a_file_without_architecture_asks_for_the_flatten_order():
-    plan = surgery.plan(KERAS_FIXTURES / "vgg.weights.h5", TORCH / "vgg_port10.pt", TORCH / "keras_full_map.yaml")
-    flagged = [w for w in plan.warnings if "whether a Flatten" in w]
+    mapping = yaml.safe_load((TORCH / "keras_full_map.yaml").read_text())
+    del mapping["flatten"]  # the map says nothing of the Flatten: the plan must ask
+    plan = surgery.plan(KERAS_FIXTURES / "vgg.weights.h5", TORCH / "vgg_port10.pt", mapping)
+    flagged = [d.message for d in plan.assumed if "whether a Flatten" in d.message]
+    assert not plan.strict_ok
     assert len(flagged) == 1 and flagged[0].startswith("fc1 -> classifier.1")  # not `predictions`, fed by fc1
     assert any("block1_bn: the source file records no config" in w for w in plan.warnings)
 

@@ -101,9 +101,11 @@ def test_rule4_separable_into_two_convs_and_back(keras, torch, rng):
         v.assign(np.zeros(v.shape, "float32"))
     kmodel = keras.Sequential([keras.Input((6, 6, 3)), sep])
     src = LayerGraph([canonical_of_torch(dw, "dw"), canonical_of_torch(pw, "pw")])
-    result = surgery.load_into(kmodel, src, mapping={"merge": {sep.name: ["dw", "pw"]}})
+    with pytest.raises(surgery.StrictError, match="source tensors with no destination: dw.bias"):
+        surgery.load_into(kmodel, src, mapping={"merge": {sep.name: ["dw", "pw"]}})  # a depthwise bias: no place
+    result = surgery.load_into(kmodel, src, mapping={"merge": {sep.name: ["dw", "pw"]}, "skip": ["dw.bias"]})
     assert result.plan.pairs[0].parts == ["dw", "pw"] and result.plan.unused == []
-    assert any("dw.bias: has no destination" in w for w in result.plan.warnings)  # zero here, so harmless
+    assert "dw.bias" in result.plan.skipped and not result.plan.dropped  # zero here, so skipping it is harmless
     assert_close(np.asarray(sep(x)), out_t, what="two convs -> separable")
 
 

@@ -13,7 +13,8 @@ from surgery.kinds import graph_of_params
 
 VGG_MAP = {"version": 1, "layers": {
     "block1_conv1": "features.0", "block1_bn": "features.2", "block2_conv1": "features.4",
-    "block2_bn": "features.6", "fc1": "classifier.1", "predictions": "classifier.3"}}
+    "block2_bn": "features.6", "fc1": "classifier.1", "predictions": "classifier.3"},
+    "flatten": {"fc1": {"shape": [4, 4, 16], "source_order": "HWC", "dest_order": "CHW"}}}
 
 
 def torch_vgg(torch, eps=1e-3):

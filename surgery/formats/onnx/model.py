@@ -42,7 +42,7 @@ def read(path: str, **options: Any) -> LayerGraph:
         FormatError: unparsable or truncated file, external data outside the
             model's folder or past the end of its file.
     """
-    _, specs, source, notes = scan_model(path)
+    _, specs, source, notes, left_out = scan_model(path)
     layers = {}
     for spec in specs:
         layer = Layer(spec.name, spec.kind, attrs=dict(spec.attrs))
@@ -53,6 +53,7 @@ def read(path: str, **options: Any) -> LayerGraph:
     graph = LayerGraph(layers.values(), path=path, format="onnx", meta={"external_data": sorted(
         {os.path.relpath(f, source.folder) for f, _, _ in source.external.values()})})
     graph.notes.extend(notes)
+    graph.left_out.update(left_out)
     return graph
 
 
@@ -81,7 +82,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, target: 
             that differs from the template's initializer.
     """
     template = template_of(graph, "onnx", template, path, {"target": target, **options}, "an ONNX model")
-    model, specs, source, _ = scan_model(template)
+    model, specs, source, _, _ = scan_model(template)
     where = _where(graph, template, specs)
     inits = {t.name: t for t in model.graph.initializer}
     final = target or atomic_target(path) or path

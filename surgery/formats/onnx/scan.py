@@ -7,6 +7,7 @@ gate orders, normalizations, ``Gather`` -> embedding. Each initializer becomes a
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,9 @@ from .slots import Slot, dense_slot, plain_slot, rnn_slot
 
 # torch.onnx.export keeps state_dict names (``features.0.weight``) for initializers.
 _STATE_NAME = re.compile(r"^\w+(\.\w+)+$")  # a top-level nn.Sequential's keys start with a digit
+# Elementwise arithmetic: an anonymous scalar feeding only these is a folded constant, not a layer.
+_ARITHMETIC = frozenset({"Mul", "Div", "Add", "Sub", "Pow", "Sqrt", "Max", "Min", "Clip", "Where", "Equal", "Less",
+                         "Greater", "LessOrEqual", "GreaterOrEqual", "Mod"})
 
 
 @dataclass
@@ -92,6 +96,7 @@ class _Scanner:
         self.specs: list[LayerSpec] = []
         self.rnn_stacks: dict[tuple[str, str], tuple[LayerSpec, list[int]]] = {}
         self.notes: list[str] = []
+        self.left_out: dict[str, str] = {}   # initializers that are not weights, with the reason
         self.consumers: dict[str, list[int]] = {}
         # The legacy exporter stores equal tensors once and feeds the others through Identity nodes.
         self.alias = {n.output[0]: n.input[0] for n in self.nodes
@@ -107,6 +112,7 @@ class _Scanner:
                 self.claimed.add(tensor.name)  # left in the file untouched
                 self.uncarried.add(tensor.name)
                 self.notes.append(f"initializer {tensor.name!r} of ONNX type {tensor.data_type} is not carried")
+                self.left_out[tensor.name] = f"ONNX type {tensor.data_type}, which surgery does not carry"
         for i, node in enumerate(self.nodes):
             handler = _HANDLERS.get(node.op_type)
             if handler is not None:
@@ -156,14 +162,32 @@ class _Scanner:
             candidate = f"{name}_{n}"
         return candidate
 
+    def _not_a_weight(self, tensor: Any) -> str | None:
+        """Why an unclaimed initializer is part of the exported computation rather than a weight, or None.
+
+        An exporter names weights after the state_dict; what it makes up itself is
+        integer shapes and indices, and float scalars it folded out of an operator
+        (the ``1/sqrt(sqrt(d))`` of an attention) feeding plain arithmetic.
+        """
+        if _STATE_NAME.match(tensor.name):
+            return None
+        if not dtypes.is_floating(surgery_dtype(tensor) or ""):
+            return "an exporter's integer constant (a shape or an index), not a weight"
+        users = {self.nodes[i].op_type for i in self.consumers.get(tensor.name, [])}
+        if math.prod(tensor.dims) == 1 and users and users <= _ARITHMETIC:
+            return f"an exporter's scalar constant feeding {', '.join(sorted(users))}, not a weight"
+        return None
+
     def _leftovers(self) -> None:
         """Initializers no recognised node claimed: grouped by state_dict name, else one layer each."""
         by_name = {s.name: s for s in self.specs}
         for tensor in self.inits.values():
             if tensor.name in self.claimed:
                 continue
-            if not _STATE_NAME.match(tensor.name) and not dtypes.is_floating(surgery_dtype(tensor) or ""):
-                continue  # an exporter's shape or index constant, not a weight: left in the file as it is
+            why = self._not_a_weight(tensor)
+            if why:
+                self.left_out[tensor.name] = why  # left in the file as it is
+                continue
             order = min(self.consumers.get(tensor.name, [len(self.nodes)]))
             layer, role = split_key(tensor.name) if _STATE_NAME.match(tensor.name) else (tensor.name, "")
             spec = by_name.get(layer)
@@ -299,7 +323,8 @@ _HANDLERS = {
 }
 
 
-def scan_model(path: str) -> tuple[Any, list[LayerSpec], Source, list[str]]:
+def scan_model(path: str) -> tuple[Any, list[LayerSpec], Source, list[str], dict[str, str]]:
+    """The model, its layers, its tensor source, notes, and the initializers that are not weights."""
     model = load_model(path)
     scanner = _Scanner(path, model)
-    return model, scanner.scan(), scanner.source, scanner.notes
+    return model, scanner.scan(), scanner.source, scanner.notes, scanner.left_out
