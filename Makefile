@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/inspect_large.py
+	$(PY) bench/startup.py
 
 fixtures: $(STAMP)
 	$(PY) fixtures/make_fixtures.py
