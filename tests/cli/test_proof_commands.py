@@ -16,8 +16,8 @@ from safetensors.numpy import save_file
 from surgery.cli.proof import check, verify
 from surgery.errors import SurgeryError
 
-from . import nets
-from .conftest import FACTORY
+from tests.proof import nets
+from tests.conftest import FACTORY
 
 
 def _invoke(command, *args: object):

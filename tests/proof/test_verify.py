@@ -13,8 +13,8 @@ from surgery.errors import FormatError, SurgeryError
 from surgery.proof.verify import verify
 from surgery.proof.report import compare_arrays
 
-from . import nets
-from .conftest import FACTORY
+from tests.proof import nets
+from tests.conftest import FACTORY
 
 
 def _broken(path: pathlib.Path, change) -> pathlib.Path:
@@ -129,8 +129,8 @@ def test_unknown_input_shape_is_asked_for(small_pt: pathlib.Path) -> None:
 
 @pytest.mark.parametrize("factory, message", [
     ("nofactory", "expected MODULE:FUNCTION"),
-    ("tests.verify.nets:nothing", "cannot import it"),
-    ("tests.verify.nets:INPUT_SHAPE", "failed: TypeError"),
+    ("tests.proof.nets:nothing", "cannot import it"),
+    ("tests.proof.nets:INPUT_SHAPE", "failed: TypeError"),
 ])
 def test_bad_factory(small_pt: pathlib.Path, factory: str, message: str) -> None:
     with pytest.raises(SurgeryError, match=message):

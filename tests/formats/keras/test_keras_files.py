@@ -19,7 +19,7 @@ from surgery.formats import detect
 from surgery.formats.keras import h5
 from surgery.formats.keras import archive as keras_format
 
-from .conftest import KERAS_FIXTURES, assert_close
+from tests.conftest import KERAS_FIXTURES, assert_close
 
 FILES = ["vgg.keras", "vgg.h5", "vgg.weights.h5", "vgg_legacy_weights.h5"]
 

@@ -12,7 +12,7 @@ from surgery.graph import Layer, Param
 from surgery.formats.tf import saved_model
 from surgery.formats.tf import checkpoint as tf_checkpoint
 
-from .conftest import SAVED_MODEL, TF1, TF2
+from tests.conftest import SAVED_MODEL, TF1, TF2
 from surgery.kinds import graph_of_params
 
 

@@ -13,7 +13,7 @@ from surgery.formats.keras.native import to_native
 from surgery.errors import PlanError
 from surgery.graph import Layer, LayerGraph, Param
 
-from .conftest import assert_close
+from tests.conftest import assert_close
 
 
 def canonical_of_keras(klayer) -> Layer:

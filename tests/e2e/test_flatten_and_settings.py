@@ -9,9 +9,9 @@ import yaml
 
 import surgery
 from surgery.graph import LayerGraph, Param
-from tests.conftest import FIXTURES, TORCH
+from tests.conftest import TORCH
 
-from .conftest import KERAS_FIXTURES, assert_close
+from tests.conftest import KERAS_FIXTURES, assert_close
 from surgery.kinds import graph_of_params
 
 REVERSE = {"layers": {"features.0": "block1_conv1", "features.2": "block1_bn", "features.4": "block2_conv1",
@@ -44,7 +44,7 @@ def test_a_file_without_architecture_asks_for_the_flatten_order():
 
 
 def test_no_activation_warning_for_recurrent_layers_and_no_groups_warning_for_separable_splits(keras, torch):
-    from tests.keras.test_rules import canonical_of_keras
+    from tests.formats.keras.test_layout_rules import canonical_of_keras
 
     lstm = keras.layers.LSTM(3)
     lstm(np.zeros((1, 2, 4), "float32"))
@@ -69,8 +69,3 @@ def test_an_assumed_eps_is_reported_but_not_written(tmp_path):
     config = json.loads(__import__("zipfile").ZipFile(out).read("config.json"))
     eps = [l["config"]["epsilon"] for l in config["config"]["layers"] if l["class_name"] == "BatchNormalization"]
     assert eps == [0.001, 0.001]  # the .pt records no eps: PyTorch's default is only assumed, so it is not imposed
-
-
-def test_a_tensorflow_checkpoint_named_by_its_prefix():
-    by_prefix = surgery.load(FIXTURES / "tf" / "tf2" / "ckpt")
-    assert by_prefix.format == "tf_checkpoint" and set(by_prefix.layers) == set(surgery.load(FIXTURES / "tf" / "tf2" / "ckpt.index").layers)

@@ -12,9 +12,9 @@ import torch
 from surgery.errors import FormatError
 from surgery.proof.verify import verify
 
-from . import nets
+from tests.proof import nets
 
-TWIN = "tests.verify.nets:build_twin"
+TWIN = "tests.proof.nets:build_twin"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from surgery.formats.torch import exported_program as sep
 from surgery.formats.torch import torchscript as sts
 from surgery.graph import Param
 
-from .conftest import load_canonical, perturbed
+from tests.conftest import load_canonical, perturbed
 
 CNN_LAYERS = [("features.0", "conv2d"), ("features.1", "batch_norm"), ("fc", "dense")]
 

@@ -9,7 +9,7 @@ from fixtures import onnx_fixtures
 from surgery.formats import detect
 from surgery.formats.onnx import model as sonnx
 
-from .conftest import load_canonical, run_ort
+from tests.conftest import load_canonical, run_ort
 
 # The gate orders of the ONNX spec and of torch.nn, written out independently of the reader.
 ONNX_GATES = {"lstm": "iofc", "gru": "zrh"}

@@ -8,7 +8,7 @@ import pytest
 import surgery
 from surgery.errors import PlanError
 
-from .conftest import KERAS_FIXTURES, assert_close
+from tests.conftest import KERAS_FIXTURES, assert_close
 from surgery.kinds import graph_of_params
 
 VGG_MAP = {"version": 1, "layers": {

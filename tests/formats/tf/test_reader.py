@@ -9,12 +9,13 @@ import sys
 import numpy as np
 import pytest
 
+import surgery
 from surgery import formats
 from surgery.errors import FormatError
 from surgery.formats.tf import saved_model
 from surgery.formats.tf import checkpoint as tf_checkpoint
 
-from .conftest import SAVED_MODEL, TF1, TF2
+from tests.conftest import FIXTURES, SAVED_MODEL, TF1, TF2
 
 
 def native_to_canonical(kind: str, role: str, arr: np.ndarray) -> np.ndarray:
@@ -187,3 +188,8 @@ def test_clashing_variable_names_fall_back_to_object_paths(tmp_path, tf):
     graph = saved_model.read(str(tmp_path / "sm"))
     assert {name: p.shape for name, p in graph.tensors()} == {"w.w": (3, 2), "inner.w": (2,)}
     assert any("object path" in note for note in graph.notes)
+
+
+def test_a_tensorflow_checkpoint_named_by_its_prefix():
+    by_prefix = surgery.load(FIXTURES / "tf" / "tf2" / "ckpt")
+    assert by_prefix.format == "tf_checkpoint" and set(by_prefix.layers) == set(surgery.load(FIXTURES / "tf" / "tf2" / "ckpt.index").layers)

@@ -1,4 +1,4 @@
-"""Tiny networks for the verify tests; ``tests.verify.nets:build`` is a factory."""
+"""Tiny networks for the verify tests; ``tests.proof.nets:build`` is a factory."""
 
 from __future__ import annotations
 

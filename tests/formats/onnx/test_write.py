@@ -13,7 +13,7 @@ from surgery.formats.onnx import model as sonnx
 from surgery.graph import Param
 from surgery.io import atomic_path
 
-from .conftest import load_canonical, perturbed, run_ort
+from tests.conftest import load_canonical, perturbed, run_ort
 
 
 def check(path) -> None:
