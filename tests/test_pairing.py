@@ -53,7 +53,9 @@ def test_unpaired_layers_are_reported_and_strict_refuses():
     assert plan.unused == ["features.1", "fc"] and plan.uncovered == ["other"]
     with pytest.raises(surgery.StrictError, match="destination layers left as initialised: other"):
         surgery.transplant(src, dst, strict=True)
-    assert surgery.transplant(src, dst, {"skip": ["features.1", "fc"], "keep": ["other"]}, strict=True)
+    accepted = surgery.transplant(src, dst, {"skip": ["features.1", "fc"], "keep": ["other"]}, strict=True)
+    assert accepted.plan.strict_ok and [p.source for p in accepted.plan.pairs] == ["features.0"]
+    assert accepted.plan.skipped == ["features.1", "fc"] and accepted.plan.kept == ["other"]
 
 
 def test_shape_mismatch_error_skip_and_slice():

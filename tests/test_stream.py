@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 
@@ -8,11 +10,14 @@ from surgery.kinds import graph_of_params
 
 
 def test_read_ahead_in_and_out_of_order():
-    calls = []
+    calls = []  # (key, thread that read it)
+    b_read = threading.Event()
 
     def loader(key):
         def load():
-            calls.append(key)
+            calls.append((key, threading.current_thread().name))
+            if key == "b":
+                b_read.set()
             return np.full(2, ord(key[-1]), dtype=np.float32)
         return load
 
@@ -20,12 +25,16 @@ def test_read_ahead_in_and_out_of_order():
     ahead = ReadAhead({k: loader(k) for k in order}, order)
     try:
         assert ahead.get("a")[0] == ord("a")
-        assert ahead.get("b")[0] == ord("b")   # was read ahead
+        assert b_read.wait(5), "b was not read ahead while the writer handled a"
+        assert ahead.get("b")[0] == ord("b")
         assert ahead.get("d")[0] == ord("d")   # out of order: the guess ("c") is dropped, "d" read directly
         assert ahead.get("c")[0] == ord("c")
     finally:
         ahead.close()
-    assert sorted(set(calls)) == order
+    readers = dict(calls)
+    assert readers["a"] == threading.main_thread().name and readers["b"].startswith("surgery-read")
+    assert readers["d"] == threading.main_thread().name  # the writer read it itself
+    assert sorted({k for k, _ in calls}) == order
 
 
 def test_errors_of_a_read_ahead_reach_the_writer():

@@ -1,3 +1,4 @@
+import shutil
 import zipfile
 
 import pytest
@@ -50,9 +51,13 @@ def test_damaged_files_are_refused(tmp_path):
         surgery.load(scalar)
 
 
-def test_sniff_tells_zip_and_legacy_pickles():
-    assert torch_format.sniff(str(TORCH / "cnn_source.pt"))
-    assert torch_format.sniff(str(TORCH / "legacy.pt"))
+def test_sniff_tells_zip_and_legacy_pickles(tmp_path):
+    # Names whose suffix says nothing: only the content can tell.
+    for name in ("cnn_source.pt", "legacy.pt"):
+        shutil.copy(TORCH / name, tmp_path / f"{name}.checkpoint")
+        assert torch_format.sniff(str(tmp_path / f"{name}.checkpoint")), name
+    (tmp_path / "notes.checkpoint").write_bytes(b"\x80\x04not a torch legacy pickle")
+    assert not torch_format.sniff(str(tmp_path / "notes.checkpoint"))
     assert zipfile.is_zipfile(TORCH / "cnn_source.pt") and not zipfile.is_zipfile(TORCH / "legacy.pt")
 
 
