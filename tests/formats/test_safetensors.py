@@ -158,3 +158,53 @@ def test_index_pointing_outside_folder_refused(tmp_path):
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(FormatError, match="not a file name inside"):
         surgery.load(folder)
+
+
+def test_golden_writer_bytes_are_exactly_the_format(tmp_path):
+    """Golden test: every byte of a written file, built independently from the safetensors spec.
+
+    8-byte little-endian header length; the JSON header (``__metadata__`` first, then each
+    tensor's dtype, shape and data offsets, compact); spaces to a multiple of 8; the data,
+    tensor after tensor, little-endian, C order. safetensors itself orders tensors by
+    alignment instead, which the format allows: its reader must see the same values.
+    """
+    import json
+    import struct
+
+    import ml_dtypes
+    from safetensors.torch import load_file as torch_load
+
+    from surgery.graph import Param
+    from surgery.kinds import graph_of_params
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "a.weight": rng.standard_normal((3, 4)).astype(np.float32),
+        "a.bias": rng.standard_normal(3).astype(np.float16),
+        "b.weight": rng.standard_normal((2, 2)).astype(ml_dtypes.bfloat16),
+        "b.steps": np.arange(5, dtype=np.int64),
+        "c.mask": np.array([True, False, True]),
+        "d.empty": np.zeros((0, 4), np.float32),
+        "e.scalar": np.array(3.5, np.float32),
+    }
+    codes = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "bool": "BOOL"}
+    header, data, offset = {"__metadata__": {"format": "pt"}}, b"", 0
+    for name, arr in arrays.items():
+        raw = np.ascontiguousarray(arr).tobytes()
+        header[name] = {"dtype": codes[str(arr.dtype)], "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+        data, offset = data + raw, offset + len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    expected = struct.pack("<Q", len(text)) + text + data
+
+    out = tmp_path / "golden.safetensors"
+    surgery.save(graph_of_params({k: Param.from_array(v, key=k) for k, v in arrays.items()}), out)
+    written = out.read_bytes()
+    assert written == expected, f"first difference at byte {next(i for i, (a, b) in enumerate(zip(written, expected)) if a != b)}"
+    back = torch_load(str(out))
+    for name, arr in arrays.items():
+        if name == "b.weight":
+            assert np.array_equal(back[name].float().numpy(), arr.astype(np.float32)), name
+        else:
+            assert np.array_equal(back[name].numpy(), arr), name
+    assert set(back) == set(arrays)
