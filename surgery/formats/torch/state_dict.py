@@ -22,7 +22,7 @@ from .. import zip_names
 from ...graph import LayerGraph, Param, tied_notes
 from ...io import span_loader
 from ...kinds import graph_of_params
-from .common import dtype_name, is_code_member, to_numpy
+from .common import dtype_name, is_code_member, storage_ident, to_numpy
 
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_ema", "ema")
@@ -123,8 +123,7 @@ def _clean(state: Mapping) -> tuple[dict, str, list[str]]:
 def _param(key: str, tensor: Any, path: str, offset: int | None) -> Param:
     dtype = dtype_name(tensor.dtype)
     row = dtypes.get(dtype)
-    storage = tensor.untyped_storage()
-    ident = (storage.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+    ident = storage_ident(tensor)
     if offset is None:
         load = lambda: to_numpy(tensor)  # noqa: E731
     else:
