@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 
 from ... import dtypes
@@ -51,6 +51,7 @@ def read(path: str, *, unsafe_pickle: bool = False, **_: Any) -> LayerGraph:
     notes = []
     if wrapper:
         notes.append(f"weights found under checkpoint[{wrapper!r}]; other entries are kept on write")
+    left_out = _outside(obj, state, wrapper)
     state, prefix, skipped = _clean(state)
     if prefix:
         notes.append(f"stripped the {prefix!r} prefix from every key (DDP / torch.compile); it is put back on write")
@@ -60,6 +61,7 @@ def read(path: str, *, unsafe_pickle: bool = False, **_: Any) -> LayerGraph:
     params = {key: _param(key, tensor, path, spans.get(key)) for key, tensor in state.items()}
     graph = graph_of_params(params, path=path, format="torch")
     graph.meta.update(wrapper=wrapper, prefix=prefix)
+    graph.left_out.update(left_out)
     graph.notes.extend(notes + tied_notes(params.items()))
     return graph
 
@@ -104,6 +106,37 @@ def _find_state(path: str, obj: Any) -> tuple[Mapping, str | None]:
             return obj, None
     raise fail(path, f"no state_dict found: the file holds a {type(obj).__name__}"
                      + (f" with keys {list(obj)[:8]}" if isinstance(obj, Mapping) else ""))
+
+
+def _tensors_in(obj: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Every tensor inside nested dicts, lists and tuples, with its dotted path."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        yield path, obj
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _tensors_in(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors_in(value, f"{path}.{i}" if path else str(i))
+
+
+def _outside(obj: Any, state: Mapping, wrapper: str | None) -> dict[str, str]:
+    """The file's tensors that are not weights of the state_dict, with why (kept on write)."""
+    import torch
+
+    out = {}
+    if wrapper is not None:
+        for key, value in obj.items():
+            if key != wrapper:
+                out.update({name: f"not under checkpoint[{wrapper!r}] (optimizer state, counters...); kept on write"
+                            for name, _ in _tensors_in(value, str(key))})
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            out.update({name: "nested inside a non-tensor entry of the state_dict"
+                        for name, _ in _tensors_in(value, str(key))})
+    return out
 
 
 def _clean(state: Mapping) -> tuple[dict, str, list[str]]:
