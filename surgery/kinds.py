@@ -15,7 +15,7 @@ from .graph import Layer, LayerGraph, Param, natural_key
 
 KINDS = (
     "dense", "conv1d", "conv2d", "conv3d", "conv_transpose", "depthwise_conv2d",
-    "separable_conv1d", "separable_conv2d", "batch_norm", "layer_norm", "embedding", "lstm", "gru",
+    "separable_conv1d", "separable_conv2d", "batch_norm", "layer_norm", "instance_norm", "embedding", "lstm", "gru",
     "multi_head_attention", "prelu", "unknown",
 )
 
@@ -31,6 +31,7 @@ TORCH_MODULE_KINDS: dict[str, str] = {
     "ConvTranspose1d": "conv_transpose", "ConvTranspose2d": "conv_transpose", "ConvTranspose3d": "conv_transpose",
     "BatchNorm1d": "batch_norm", "BatchNorm2d": "batch_norm", "BatchNorm3d": "batch_norm",
     "SyncBatchNorm": "batch_norm", "_BatchNorm": "batch_norm", "LayerNorm": "layer_norm", "Embedding": "embedding",
+    "InstanceNorm1d": "instance_norm", "InstanceNorm2d": "instance_norm", "InstanceNorm3d": "instance_norm",
     "LSTM": "lstm", "GRU": "gru", "MultiheadAttention": "multi_head_attention", "PReLU": "prelu",
 }
 
@@ -45,6 +46,9 @@ KERAS_CLASS_KINDS: dict[str, str] = {
     "Embedding": "embedding", "LSTM": "lstm", "GRU": "gru",
     "MultiHeadAttention": "multi_head_attention", "PReLU": "prelu",
 }
+
+# Normalizations holding the same (C,) weight and bias: a kind guessed from names and ranks cannot tell them apart.
+NORM_KINDS = frozenset({"layer_norm", "instance_norm"})
 
 # Kinds whose layers slide a kernel over a feature map (a graph with none has no Flatten of one).
 CONV_KINDS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose", "depthwise_conv2d", "separable_conv1d",

@@ -17,7 +17,7 @@ import numpy as np
 from . import adapters, layouts, settings
 from .errors import PlanError, SurgeryError
 from .graph import BOOKKEEPING, KIND_ALIASES, Layer, LayerGraph, Param
-from .kinds import CONV_KINDS
+from .kinds import CONV_KINDS, NORM_KINDS
 from .mapping import Mapping, load_map
 
 
@@ -255,6 +255,11 @@ def _first_part(plan: Plan, name: str) -> str:
 def _add_pair(plan: Plan, source: str, dsts: list[str], rule: str) -> None:
     src_layer = plan.source_layer(source)
     dst_layers = [plan.dst[d] for d in dsts]
+    unknown = [layer for layer in (src_layer, *dst_layers) if layer.attrs.get("layout_known") is False]
+    if unknown:  # never copied with a guessed layout: left unpaired, so strict asks to skip or keep it
+        plan.warnings.extend(f"{layer.name}: {layer.attrs.get('layout_note') or 'its tensors layout is not known'}; "
+                             "not copied" for layer in unknown)
+        return
     for layer in (src_layer, *dst_layers):
         if layer.attrs.get("folded"):
             _mismatch(plan, f"{source} -> {', '.join(dsts)}: in {layer.name}, {layer.attrs['folded']}, so its weights "
@@ -312,7 +317,8 @@ def _transposed_guess(a: Layer, b: Layer) -> bool:
 
 def _kinds_agree(a: Layer, b: Layer) -> bool:
     same = KIND_ALIASES.get(a.kind, a.kind) == KIND_ALIASES.get(b.kind, b.kind)
-    return same or bool({"unknown", "merged"} & {a.kind, b.kind})
+    guessed_norm = {a.kind, b.kind} <= NORM_KINDS and ("kind_from" in a.attrs or "kind_from" in b.attrs)
+    return same or guessed_norm or bool({"unknown", "merged"} & {a.kind, b.kind})
 
 
 def _mismatch(plan: Plan, problem: str) -> None:

@@ -18,7 +18,7 @@ from ...graph import Param
 from ...kinds import infer_kind, split_key
 from .external import Source, surgery_dtype
 from .scopes import module_path, name_scopes
-from .slots import Slot, dense_slot, plain_slot, rnn_slot
+from .slots import Slot, channel_slot, dense_slot, plain_slot, rnn_slot
 
 # torch.onnx.export keeps state_dict names (``features.0.weight``) for initializers.
 _STATE_NAME = re.compile(r"^\w+(\.\w+)+$")  # a top-level nn.Sequential's keys start with a digit
@@ -275,6 +275,18 @@ def _normalization(roles: tuple[str, ...], kind: str):
     return handler
 
 
+def _prelu(scan: _Scanner, i: int, node: Any) -> None:
+    slope = scan.init(node, 1)
+    if slope is None or not dtypes.is_floating(surgery_dtype(slope) or ""):
+        return
+    slot = channel_slot(slope, "weight")
+    if slot is None:  # a slope per position: no nn.PReLU holds it; an unknown layer, kept as it is
+        scan.add(i, node, "unknown", [plain_slot(slope, "weight")],
+                 {"layout_known": False, "layout_note": f"PRelu slope {list(slope.dims)} varies by position"})
+        return
+    scan.add(i, node, "prelu", [slot], {})
+
+
 def _rnn(scan: _Scanner, i: int, node: Any) -> None:
     kind = node.op_type.lower()
     attrs = _attrs(node)
@@ -317,6 +329,8 @@ _HANDLERS = {
     "MatMul": _matmul,
     "BatchNormalization": _normalization(("weight", "bias", "running_mean", "running_var"), "batch_norm"),
     "LayerNormalization": _normalization(("weight", "bias"), "layer_norm"),
+    "InstanceNormalization": _normalization(("weight", "bias"), "instance_norm"),
+    "PRelu": _prelu,
     "LSTM": _rnn,
     "GRU": _rnn,
     "Gather": _gather,

@@ -13,11 +13,13 @@ Gate orders (ONNX operator spec vs ``torch.nn.LSTM``/``GRU``) are
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
+from ... import layouts
 from ...layouts import GATE_ORDERS, gates, permute
 
 Array = np.ndarray
@@ -50,6 +52,22 @@ def dense_slot(tensor: Any, *, transposed: bool) -> Slot:
     fwd, back = permute("IO", "OI"), permute("OI", "IO")
     return Slot(tensor, (Piece("weight", fwd.shape(tuple(tensor.dims)), fwd.name, fwd.apply),),
                 lambda ps: back(ps[0]))
+
+
+def channel_slot(tensor: Any, role: str) -> Slot | None:
+    """A per-channel tensor stored broadcastable (a PReLU slope ``(C,1,1)`` or ``(1,C,1,1)``) as canonical ``(C,)``.
+
+    None when more than one axis is longer than 1: a slope per position, which
+    ``nn.PReLU`` cannot hold.
+    """
+    dims = tuple(tensor.dims)
+    if sum(d != 1 for d in dims) > 1:
+        return None
+    size = math.prod(dims) if dims else 1
+    if dims == (size,):
+        return plain_slot(tensor, role)
+    shape = layouts.reshape((size,), f"{tuple(dims)}->(C,)")
+    return Slot(tensor, (Piece(role, (size,), shape.name, shape.apply),), lambda ps: np.reshape(ps[0], dims))
 
 
 def rnn_slot(tensor: Any, kind: str, which: str, layer: int = 0) -> Slot:
