@@ -44,6 +44,7 @@ KERAS_CLASS_KINDS: dict[str, str] = {
     "BatchNormalization": "batch_norm", "LayerNormalization": "layer_norm",
     "Embedding": "embedding", "LSTM": "lstm", "GRU": "gru",
     "MultiHeadAttention": "multi_head_attention", "PReLU": "prelu",
+    "EinsumDense": "dense",   # only for an equation that is a Dense (formats/keras/layers.einsum_form)
 }
 
 # Kinds whose layers slide a kernel over a feature map (a graph with none has no Flatten of one).
