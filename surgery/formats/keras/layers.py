@@ -162,10 +162,12 @@ def to_layer(name: str, class_name: str | None, variables: dict[str, Param], con
     if cls == "EinsumDense" and einsum_form(config) is None:
         reader = None          # a contraction no PyTorch layer computes: passed through, marked below
     try:
-        params = reader(variables, attrs) if reader else dict(variables)
+        params = _convert(reader, variables, attrs) if reader else dict(variables)
     except KeyError as missing:
         raise SurgeryError(f"Keras layer {name!r} ({cls}): variable {missing} missing; has {sorted(variables)}") from None
     kind = KERAS_CLASS_KINDS.get(attrs.get("rnn_class") or cls or "", "unknown") if reader else "unknown"
+    if attrs.get("untranslated"):
+        kind = "unknown"       # a Dense with LoRA or quantization variables is not a plain dense layer
     if kind == "unknown" and params:
         # Its tensors are in Keras' own layout, which no canonical role describes: a plan must not
         # copy them into another framework's layer as if they were canonical (docs/keras.md).
@@ -173,6 +175,34 @@ def to_layer(name: str, class_name: str | None, variables: dict[str, Param], con
         attrs["layout_note"] = f"Keras {cls or 'layer of unknown class'}: tensors kept in Keras layout"
     frozen = bool(config) and config.get("trainable") is False
     return Layer(name, kind, params, attrs, frozen)
+
+
+class _Seen(dict):
+    """The variables a reader looked at, so none it does not know is dropped."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.seen: set[str] = set()
+
+    def __getitem__(self, key: str) -> Param:
+        self.seen.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.seen.add(key)
+        return super().get(key, default)
+
+
+def _convert(reader: Callable[[dict[str, Param], dict], dict[str, Param]], variables: dict[str, Param],
+             attrs: dict) -> dict[str, Param]:
+    """The reader's canonical params, plus every variable it did not use, kept under its Keras name."""
+    seen = _Seen(variables)
+    params = reader(seen, attrs)
+    extra = [k for k in variables if k not in seen.seen and not any(k.startswith(s + "/") for s in seen.seen)]
+    if extra:
+        attrs["untranslated"] = extra
+        params.update({k: variables[k] for k in extra})
+    return params
 
 
 def _dense(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
@@ -301,8 +331,8 @@ def einsum_form(config: dict | None) -> str | None:
 
 def _bidirectional(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
     """Both directions of a Bidirectional LSTM/GRU as one PyTorch ``bidirectional=True`` layer."""
-    forward = {k.split("/", 1)[1]: p for k, p in v.items() if k.startswith("forward/")}
-    backward = {k.split("/", 1)[1]: p for k, p in v.items() if k.startswith("backward/")}
+    forward = {k.split("/", 1)[1]: v[k] for k in list(v) if k.startswith("forward/")}
+    backward = {k.split("/", 1)[1]: v[k] for k in list(v) if k.startswith("backward/")}
     inner = ((attrs.get("layer") or {}).get("class_name") if isinstance(attrs.get("layer"), dict) else None)
     rnn = inner or infer_class(forward)
     if rnn not in ("LSTM", "GRU"):
@@ -311,8 +341,8 @@ def _bidirectional(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
     attrs["bidirectional"] = True
     if rnn == "GRU" and "reset_after" not in attrs and "bias" in forward:
         attrs["reset_after"] = len(forward["bias"].shape) == 2
-    out = dict(_READERS[rnn](forward, attrs))
-    out.update({f"{role}_reverse": p for role, p in _READERS[rnn](backward, attrs).items()})
+    out = _convert(_READERS[rnn], forward, attrs)
+    out.update({f"{role}_reverse": p for role, p in _convert(_READERS[rnn], backward, attrs).items()})
     return out
 
 
