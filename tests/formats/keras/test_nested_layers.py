@@ -93,3 +93,17 @@ def test_a_class_told_by_shapes_says_so():
     graph = h5.read(str(FOLDER / "subclassed.weights.h5"))
     assert "shapes" in graph["conv1"].attrs["kind_from"]
     assert graph["conv1"].kind == "conv2d" and graph["conv1"].params["weight"].shape == (4, 3, 3, 3)
+
+
+@pytest.mark.parametrize("name", ["subclassed", "functional"])
+def test_a_live_model_is_named_as_its_file(name):
+    """``load_into`` pairs a file with a live model by name: both sides must name nested layers alike."""
+    from surgery.live import keras as live
+
+    graph = archive.read(str(FOLDER / f"{name}.keras"))
+    model = _live(name, ".keras")
+    live_graph = live.graph_of(model)
+    assert list(live_graph.layers) == [n for n in live_graph.layers if n in graph] and \
+        sorted(live_graph.layers) == sorted(graph.layers)
+    for key, param in live_graph.tensors():
+        np.testing.assert_array_equal(graph.state()[key].read(), param.read(), err_msg=key)
