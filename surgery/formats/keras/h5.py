@@ -4,8 +4,10 @@ Three layouts share the ``.h5`` suffix:
 
 - ``keras3``: Keras 3 ``.weights.h5`` (also ``model.weights.h5`` inside a ``.keras``):
   ``layers/<class_snake>[_N]/vars/0..n``, nested ``layers/`` for sub-models,
-  ``cell/vars`` for RNNs, ``query_dense/vars`` ... for attention. Variables are
-  numbered, not named: names come from the class's variable order.
+  ``cell/vars`` for RNNs, ``query_dense/vars`` ... for attention; a subclassed
+  model's layers under their attribute names (``tree.py`` walks those). Variables
+  are numbered, not named: names come from the class's variable order. Datasets
+  no layer takes (a ``.keras``'s optimizer state) are named in ``graph.left_out``.
 - ``legacy``: ``model.save("x.h5")``: ``model_weights/<layer>/<weight name>``
   with ``layer_names`` / ``weight_names`` attributes and a ``model_config``.
 - ``legacy_weights``: the same tree at the root, from legacy ``save_weights``.
