@@ -27,8 +27,9 @@ from .layers import VARIABLE_ORDER
 
 MHA_GROUPS = {"query_dense": "query", "key_dense": "key", "value_dense": "value", "output_dense": "attention_output"}
 BIDIRECTIONAL_GROUPS = {"forward_layer": "forward", "backward_layer": "backward"}
-# Groups that hold no layer of the model (Keras 3 keeps the optimizer beside the layers in a .keras).
-NOT_LAYERS = {"optimizer": "optimizer state", "metrics": "metric state", "compile_metrics": "metric state"}
+# Groups that hold no layer of the model (the optimizer beside the layers in a .keras or a legacy .h5).
+NOT_LAYERS = {"optimizer": "optimizer state", "optimizer_weights": "optimizer state", "metrics": "metric state",
+              "compile_metrics": "metric state"}
 _SNAKE_CLASS: dict[str, str] = {}
 
 

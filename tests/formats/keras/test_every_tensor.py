@@ -80,3 +80,22 @@ def test_optimizer_state_of_a_keras_archive_is_named_as_such():
     graph = archive.read(str(FIXTURES / "keras_nested" / "functional.keras"))
     assert graph.left_out and set(graph.left_out.values()) == {"optimizer state"}
     assert all(name.startswith("optimizer/") for name in graph.left_out)
+
+
+def test_legacy_h5_with_optimizer_state_accounts_for_it(tmp_path):
+    keras = pytest.importorskip("keras")
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc"), keras.layers.Dense(2, name="out")])
+    model.compile("adam", "mse")
+    model.fit(np.ones((4, 4), "float32"), np.ones((4, 2), "float32"), verbose=0)
+    path = tmp_path / "trained.h5"
+    model.save(path)
+    graph = h5.read(str(path))
+    with h5py.File(path, "r") as f:
+        in_file = _datasets(f)
+    optimizer = {name for name in in_file if name.startswith("optimizer_weights/")}
+    assert optimizer, "Keras wrote no optimizer state: the test would prove nothing"
+    assert {name: graph.left_out.get(name) for name in optimizer} == {name: "optimizer state" for name in optimizer}
+    assert len(in_file) == len(optimizer) + sum(1 for _ in graph.tensors())
