@@ -83,3 +83,17 @@ def test_unused_variables_are_kept_not_dropped():
     layer = keras_layers.to_layer("fc", "Dense", {"kernel": kernel, "lora_kernel_a": extra})
     assert layer.params["lora_kernel_a"] is extra and layer.attrs["untranslated"] == ["lora_kernel_a"]
     assert layer.kind == "unknown" and layer.attrs["layout_known"] is False
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".weights.h5"])
+def test_conv_lstm_is_passed_through_marked(tmp_path, suffix):
+    """ConvLSTM2D has no PyTorch layer: all its tensors are kept, in Keras layout, marked for a decision."""
+    from surgery import formats
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((2, 5, 5, 3)), keras.layers.ConvLSTM2D(4, 3, name="clstm")])
+    path = tmp_path / f"clstm{suffix}"
+    model.save(path) if suffix == ".keras" else model.save_weights(path)
+    layer = formats.read(str(path))["clstm"]
+    assert layer.kind == "unknown" and layer.attrs["layout_known"] is False
+    assert sorted(p.shape for p in layer.params.values()) == sorted(tuple(v.shape) for v in model.weights)
