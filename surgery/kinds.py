@@ -45,6 +45,7 @@ KERAS_CLASS_KINDS: dict[str, str] = {
     "BatchNormalization": "batch_norm", "LayerNormalization": "layer_norm",
     "Embedding": "embedding", "LSTM": "lstm", "GRU": "gru",
     "MultiHeadAttention": "multi_head_attention", "PReLU": "prelu",
+    "EinsumDense": "dense",   # only for an equation that is a Dense (formats/keras/layers.einsum_form)
 }
 
 # Normalizations holding the same (C,) weight and bias: a kind guessed from names and ranks cannot tell them apart.

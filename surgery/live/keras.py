@@ -19,23 +19,53 @@ from ..errors import SurgeryError
 from ..graph import Layer, LayerGraph, Param
 
 
-def leaf_layers(model: Any) -> Iterator[Any]:
-    """Every layer that is not itself a model, depth first in the model's order."""
-    for layer in getattr(model, "layers", []):
-        if _is_model(layer):
-            yield from leaf_layers(layer)
-        else:
-            yield layer
-
-
 def _is_model(layer: Any) -> bool:
     import keras
 
     return isinstance(layer, keras.Model)
 
 
+# Classes whose sub-layers (an RNN's cell, attention's EinsumDense projections) are part of one canonical layer.
+_UNITS = (*keras_layers.VARIABLE_ORDER, "MultiHeadAttention", "Bidirectional")
+
+
+def named_layers(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(name, layer)`` for every layer holding weights, named as the Keras file readers name it.
+
+    Models inside the model are flattened (their layers keep their own names); a layer that
+    owns layers (a block, an encoder layer) names them ``block/inner``, as ``.weights.h5`` does.
+    """
+    for layer in getattr(model, "layers", []):
+        if _is_model(layer):
+            yield from named_layers(layer, prefix)
+            continue
+        name = prefix + layer.name
+        inner = [] if type(layer).__name__ in _UNITS else _sublayers(layer)
+        if not inner or _variables(layer):
+            yield name, layer
+        for sub in inner:
+            yield from named_layers(_Holder(sub), f"{name}/")
+
+
+class _Holder:
+    """One layer seen as a container of one layer, so ``named_layers`` recurses uniformly."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layers = [layer]
+
+
+def _sublayers(layer: Any) -> list[Any]:
+    # Keras 3 has no public list of the layers a layer tracks; its own saving walks this one.
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
 def _variables(layer: Any) -> dict[str, Any]:
-    return {keras_layers.var_name(v.path, layer.name): v for v in layer.weights}
+    """The layer's variables by Keras name; a layer owning layers contributes only its own."""
+    if type(layer).__name__ == "Bidirectional":
+        return {f"{side}/{v.path.rsplit('/', 1)[-1]}": v for side, inner in
+                (("forward", layer.forward_layer), ("backward", layer.backward_layer)) for v in inner.weights}
+    owned = set() if type(layer).__name__ in _UNITS else {id(v) for s in _sublayers(layer) for v in s.weights}
+    return {keras_layers.var_name(v.path, layer.name): v for v in layer.weights if id(v) not in owned}
 
 
 def _param(var: Any) -> Param:
@@ -46,11 +76,11 @@ def _param(var: Any) -> Param:
 def graph_of(model: Any) -> LayerGraph:
     """The live model's weighted layers as a canonical graph (lazy: reads variables on ``read()``)."""
     layers = []
-    for layer in leaf_layers(model):
+    for name, layer in named_layers(model):
         variables = _variables(layer)
         if not variables:
             continue
-        canonical = keras_layers.to_layer(layer.name, type(layer).__name__,
+        canonical = keras_layers.to_layer(name, type(layer).__name__,
                                           {k: _param(v) for k, v in variables.items()}, layer.get_config())
         canonical.frozen = not layer.trainable
         layers.append(canonical)
@@ -72,14 +102,14 @@ def _apply_config(model: Any, graph: LayerGraph) -> None:
                            "Flatten orders must be given with the map's `flatten:`")
         return
     keras_config.apply_config(graph, config)
-    for layer in leaf_layers(model):  # the live flags win over the serialised ones
-        if layer.name in graph:
-            graph[layer.name].frozen = not layer.trainable
+    for name, layer in named_layers(model):  # the live flags win over the serialised ones
+        if name in graph:
+            graph[name].frozen = not layer.trainable
 
 
 def _grouped(model: Any, values: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     """Accept ``{layer: {role: array}}`` or flat ``{"layer.role": array}``."""
-    names = sorted((layer.name for layer in leaf_layers(model)), key=len, reverse=True)
+    names = sorted((name for name, _ in named_layers(model)), key=len, reverse=True)
     out: dict[str, dict[str, np.ndarray]] = {}
     for key, value in values.items():
         if isinstance(value, dict):
@@ -101,7 +131,7 @@ def assign(model: Any, values: dict[str, Any]) -> None:
     Raises:
         SurgeryError: unknown layer or role, or a shape the variable does not take.
     """
-    by_name = {layer.name: layer for layer in leaf_layers(model)}
+    by_name = dict(named_layers(model))
     current = graph_of(model)
     for name, roles in _grouped(model, values).items():
         if name not in current:
@@ -131,18 +161,18 @@ def freeze(model: Any, globs: Iterable[str]) -> list[str]:
     """Set ``trainable=False`` on every layer whose name matches a glob; returns their names."""
     patterns = list(globs)
     frozen = []
-    for layer in leaf_layers(model):
-        if any(fnmatch.fnmatchcase(layer.name, g) for g in patterns):
+    for name, layer in named_layers(model):
+        if any(fnmatch.fnmatchcase(name, g) for g in patterns):
             layer.trainable = False
-            frozen.append(layer.name)
+            frozen.append(name)
     return frozen
 
 
 def set_attrs(model: Any, graph: LayerGraph) -> list[str]:
     """Apply ``layer.attrs["set"]`` (eps, PyTorch-meaning momentum) of a transplant's graph; returns what was set."""
     done = []
-    for live in leaf_layers(model):
-        layer = graph.layers.get(live.name)
+    for name, live in named_layers(model):
+        layer = graph.layers.get(name)
         wanted = (layer.attrs.get("set") or {}) if layer is not None else {}
         if "eps" in wanted and hasattr(live, "epsilon"):
             live.epsilon = float(wanted["eps"])

@@ -4,8 +4,10 @@ Three layouts share the ``.h5`` suffix:
 
 - ``keras3``: Keras 3 ``.weights.h5`` (also ``model.weights.h5`` inside a ``.keras``):
   ``layers/<class_snake>[_N]/vars/0..n``, nested ``layers/`` for sub-models,
-  ``cell/vars`` for RNNs, ``query_dense/vars`` ... for attention. Variables are
-  numbered, not named: names come from the class's variable order.
+  ``cell/vars`` for RNNs, ``query_dense/vars`` ... for attention; a subclassed
+  model's layers under their attribute names (``tree.py`` walks those). Variables
+  are numbered, not named: names come from the class's variable order. Datasets
+  no layer takes (a ``.keras``'s optimizer state) are named in ``graph.left_out``.
 - ``legacy``: ``model.save("x.h5")``: ``model_weights/<layer>/<weight name>``
   with ``layer_names`` / ``weight_names`` attributes and a ``model_config``.
 - ``legacy_weights``: the same tree at the root, from legacy ``save_weights``.
@@ -18,9 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -30,24 +30,13 @@ from . import layers as keras_layers
 from . import native as keras_native
 from .. import template_of
 from . import config as keras_config
+from . import tree as keras_tree
+from .tree import H5Layer
 from ...errors import SurgeryError, fail
 from ...graph import Layer, LayerGraph, Param
-from ...kinds import KERAS_CLASS_KINDS
 
 SUFFIXES = (".h5", ".hdf5")
 _MAGIC = b"\x89HDF\r\n\x1a\n"
-_MHA_GROUPS = {"query_dense": "query", "key_dense": "key", "value_dense": "value", "output_dense": "attention_output"}
-_SNAKE_CLASS = {}  # filled lazily: class_snake name -> Keras class
-
-
-@dataclass
-class H5Layer:
-    """One Keras layer found in an HDF5 file: where each of its variables lives."""
-
-    name: str
-    class_name: str | None
-    datasets: dict[str, str] = field(default_factory=dict)   # Keras variable name -> dataset path
-    config: dict | None = None
 
 
 def sniff(path: str) -> bool:
@@ -95,12 +84,17 @@ def read(path: str, *, config: dict | None = None, opener: Callable[[], Any] | N
             specs = keras_config.layer_specs(model_config) if model_config else []
             entries = _keras3_entries(f, specs) if layout == "keras3" else _legacy_entries(f, layout, specs)
             layers = [_to_layer(f, e, path, opener) for e in entries]
+            left_out: dict[str, str] = {}
+            _left_out(f, entries, left_out)
     except SurgeryError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # h5py: RuntimeError for damaged structure
         raise fail(path, f"not a readable Keras HDF5 file ({type(e).__name__}: {e})") from None
     graph = LayerGraph(layers, path=path, format="h5",
                        meta={"h5": {"layout": layout, "entries": {e.name: e for e in entries}}})
+    graph.left_out.update(left_out)
+    if left_out:
+        graph.notes.append(f"{len(left_out)} tensors are not layer variables (optimizer state...): see left_out")
     if model_config:
         keras_config.apply_config(graph, model_config)
     else:
@@ -132,66 +126,36 @@ def _attr_list(group: Any, name: str) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in group.attrs.get(name, [])]
 
 
-def class_of_snake(snake: str) -> str | None:
-    """``conv2d_1`` -> ``Conv2D``: the class Keras 3 named a ``.weights.h5`` group after."""
-    if not _SNAKE_CLASS:
-    
-        _SNAKE_CLASS.update({keras_config.snake(c): c for c in KERAS_CLASS_KINDS})
-    return _SNAKE_CLASS.get(snake) or _SNAKE_CLASS.get(re.sub(r"_\d+$", "", snake))
-
-
 def _keras3_entries(f: Any, specs: list) -> list[H5Layer]:
-    """Layers of a Keras 3 file: by the config's paths where known, else by walking the tree."""
-    if specs:
-        return [_keras3_entry(f, s.path, s.name, s.class_name, s.config) for s in specs
-                if s.path in f and _has_vars(f[s.path])]
+    """Layers of a Keras 3 file: by the config's paths where it names a class surgery knows,
+    then by walking what the config does not describe (custom blocks, subclassed models)."""
     entries: list[H5Layer] = []
-    _walk_keras3(f, "", entries)
-    return entries
+    described = set()
+    for spec in specs:
+        if spec.path not in f:
+            continue
+        if spec.class_name in keras_layers.VARIABLE_ORDER or spec.class_name in _GROUPED:
+            described.add(spec.path)
+            entries.append(_spec_entry(f, spec))
+        else:                    # a custom layer: its variables and the layers it owns, by the tree
+            described.add(spec.path)
+            entries += keras_tree.walk_layer(f, spec.path, spec.name)
+    entries += keras_tree.walk(f, skip=described.__contains__)
+    return [e for e in entries if e.datasets]
 
 
-def _has_vars(group: Any) -> bool:
-    found = []
-    group.visit(lambda name: found.append(name) if name.endswith("vars") and len(group[name]) else None)
-    return bool(found)
+_GROUPED = ("MultiHeadAttention", "Bidirectional")
 
 
-def _walk_keras3(f: Any, path: str, out: list[H5Layer]) -> None:
-    group = f[path] if path else f
-    if "layers" in group:          # a model: its layers in natural-sort order (the file keeps no order)
-        from ...graph import natural_key
-
-        for child in sorted(group["layers"], key=natural_key):
-            _walk_keras3(f, f"{path}/layers/{child}".lstrip("/"), out)
-        return
-    if not path or not _has_vars(group):
-        return
-    vars_group = group.get("vars")
-    name = vars_group.attrs.get("name") if vars_group is not None else None
-    name = (name.decode() if isinstance(name, bytes) else name) or path.rsplit("/", 1)[-1]
-    out.append(_keras3_entry(f, path, str(name), class_of_snake(path.rsplit("/", 1)[-1]), None))
-
-
-def _keras3_entry(f: Any, path: str, name: str, class_name: str | None, config: dict | None) -> H5Layer:
-    """Name the numbered variables of one layer group (and its cell / attention sub-groups)."""
-    group = f[path]
-    entry = H5Layer(name, class_name, config=config)
-    if class_name == "MultiHeadAttention":
-        for sub, part in _MHA_GROUPS.items():
-            if f"{sub}/vars" in group:
-                for var, ds in _numbered(group[f"{sub}/vars"], ("kernel", "bias")):
-                    entry.datasets[f"{part}/{var}"] = f"{path}/{sub}/vars/{ds}"
-        return entry
-    vars_path = f"{path}/cell/vars" if "cell/vars" in group else f"{path}/vars"
-    order = _variable_order(class_name, config, len(f[vars_path]))
-    for var, ds in _numbered(f[vars_path], order):
-        entry.datasets[var] = f"{vars_path}/{ds}"
-    return entry
-
-
-def _numbered(vars_group: Any, order: tuple[str, ...]) -> list[tuple[str, str]]:
-    keys = sorted(vars_group, key=lambda k: int(k) if k.isdigit() else 1 << 30)
-    return [(order[i] if i < len(order) else k, k) for i, k in enumerate(keys)]
+def _spec_entry(f: Any, spec: Any) -> H5Layer:
+    if spec.class_name == "MultiHeadAttention":
+        return keras_tree.attention_entry(f, spec.path, spec.name, spec.config)
+    if spec.class_name == "Bidirectional":
+        return keras_tree.bidirectional_entry(f, spec.path, spec.name, spec.config)
+    group = f[spec.path]
+    count = len(group["cell/vars"] if "cell/vars" in group else group.get("vars", {}))
+    order = _variable_order(spec.class_name, spec.config, count)
+    return keras_tree.own_entry(f, spec.path, spec.name, spec.class_name, spec.config, order)
 
 
 def _variable_order(class_name: str | None, config: dict | None, count: int) -> tuple[str, ...]:
@@ -206,6 +170,17 @@ def _variable_order(class_name: str | None, config: dict | None, count: int) -> 
             drop = {"gamma"} if len(order) - count == 1 else {"gamma", "beta"}
         return tuple(v for v in order if v not in drop)
     return order
+
+
+def _left_out(f: Any, entries: list[H5Layer], left_out: dict[str, str]) -> None:
+    """Name every dataset of a Keras 3 file that no layer took, with the reason."""
+    taken = {ds for e in entries for ds in e.datasets.values()}
+    found: list[str] = []
+    f.visititems(lambda name, obj: found.append(name) if hasattr(obj, "shape") else None)
+    for name in found:
+        if name not in taken:
+            top = name.split("/", 1)[0]
+            left_out[name] = keras_tree.NOT_LAYERS.get(top, "a variable of no layer surgery recognises")
 
 
 def _legacy_entries(f: Any, layout: str, specs: list) -> list[H5Layer]:
@@ -242,7 +217,10 @@ def _to_layer(f: Any, entry: H5Layer, path: str, opener: Callable[[], Any]) -> L
     variables = {var: _param(f[ds], ds, path, opener) for var, ds in entry.datasets.items()}
     if entry.class_name in ("DepthwiseConv1D", "DepthwiseConv2D") and "depthwise_kernel" in variables:
         variables["kernel"] = variables.pop("depthwise_kernel")   # tf.keras 2 spelling
-    return keras_layers.to_layer(entry.name, entry.class_name, variables, entry.config)
+    layer = keras_layers.to_layer(entry.name, entry.class_name, variables, entry.config)
+    if entry.class_from:
+        layer.attrs["kind_from"] = entry.class_from
+    return layer
 
 
 def _param(ds: Any, ds_path: str, path: str, opener: Callable[[], Any]) -> Param:

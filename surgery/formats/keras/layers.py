@@ -38,6 +38,7 @@ VARIABLE_ORDER: dict[str, tuple[str, ...]] = {
     "LSTM": ("kernel", "recurrent_kernel", "bias"),
     "GRU": ("kernel", "recurrent_kernel", "bias"),
     "PReLU": ("alpha",),
+    "EinsumDense": ("kernel", "bias"),
 }
 MHA_PARTS = ("query", "key", "value", "attention_output")
 CONV_LAYOUTS = {3: ("WIO", "OIW"), 4: ("HWIO", "OIHW"), 5: ("DHWIO", "OIDHW")}
@@ -119,6 +120,15 @@ def attrs_of(class_name: str | None, config: dict | None) -> dict[str, Any]:
         take("momentum", "momentum", 0.99, lambda m: round(1.0 - float(m), 10))
     if class_name == "GRU":
         take("reset_after", "reset_after")
+    if class_name == "Bidirectional":
+        inner = cfg.get("layer") or {}
+        attrs["layer"] = {"class_name": inner.get("class_name")}
+        attrs.update({k: v for k, v in attrs_of(inner.get("class_name"), inner.get("config")).items()
+                      if k in ("units", "reset_after", "activation", "recurrent_activation")})
+        take("merge_mode", "merge_mode")
+    if class_name == "EinsumDense":
+        take("equation", "equation")
+        take("bias_axes", "bias_axes")
     if assumed:
         attrs["assumed"] = assumed
     return attrs
@@ -149,15 +159,50 @@ def to_layer(name: str, class_name: str | None, variables: dict[str, Param], con
     if cls == "GRU" and "reset_after" not in attrs and "bias" in variables:
         attrs["reset_after"] = len(variables["bias"].shape) == 2   # two bias rows <=> reset_after
     reader = _READERS.get(cls or "")
-    kind = KERAS_CLASS_KINDS.get(cls or "", "unknown")
+    if cls == "EinsumDense" and einsum_form(config) is None:
+        reader = None          # a contraction no PyTorch layer computes: passed through, marked below
     try:
-        params = reader(variables, attrs) if reader else dict(variables)
+        params = _convert(reader, variables, attrs) if reader else dict(variables)
     except KeyError as missing:
         raise SurgeryError(f"Keras layer {name!r} ({cls}): variable {missing} missing; has {sorted(variables)}") from None
-    if reader is None:
-        kind = "unknown"
+    kind = KERAS_CLASS_KINDS.get(attrs.get("rnn_class") or cls or "", "unknown") if reader else "unknown"
+    if attrs.get("untranslated"):
+        kind = "unknown"       # a Dense with LoRA or quantization variables is not a plain dense layer
+    if kind == "unknown" and params:
+        # Its tensors are in Keras' own layout, which no canonical role describes: a plan must not
+        # copy them into another framework's layer as if they were canonical (docs/keras.md).
+        attrs["layout_known"] = False
+        attrs["layout_note"] = f"Keras {cls or 'layer of unknown class'}: tensors kept in Keras layout"
     frozen = bool(config) and config.get("trainable") is False
     return Layer(name, kind, params, attrs, frozen)
+
+
+class _Seen(dict):
+    """The variables a reader looked at, so none it does not know is dropped."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.seen: set[str] = set()
+
+    def __getitem__(self, key: str) -> Param:
+        self.seen.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.seen.add(key)
+        return super().get(key, default)
+
+
+def _convert(reader: Callable[[dict[str, Param], dict], dict[str, Param]], variables: dict[str, Param],
+             attrs: dict) -> dict[str, Param]:
+    """The reader's canonical params, plus every variable it did not use, kept under its Keras name."""
+    seen = _Seen(variables)
+    params = reader(seen, attrs)
+    extra = [k for k in variables if k not in seen.seen and not any(k.startswith(s + "/") for s in seen.seen)]
+    if extra:
+        attrs["untranslated"] = extra
+        params.update({k: variables[k] for k in extra})
+    return params
 
 
 def _dense(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
@@ -262,9 +307,43 @@ def _prelu(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
     attrs["alpha_shape"] = list(alpha.shape)
     if all(d == 1 for d in alpha.shape[:-1]):
         return {"weight": derive(alpha, layouts.prelu())}
-    # A per-position alpha has no PyTorch equivalent: keep it channels-first so a plan reports the shape.
+    # A per-position alpha has no PyTorch equivalent: keep it channels-first so a plan reports the shape,
+    # and say the layout is not one PyTorch's PReLU has.
+    attrs["layout_known"] = False
+    attrs["layout_note"] = f"PReLU alpha {list(alpha.shape)} is per position; PyTorch's PReLU has one per channel"
     letters = "DHWC"[-len(alpha.shape):]
     return {"weight": derive(alpha, layouts.permute(letters, letters[-1] + letters[:-1]))}
+
+
+def einsum_form(config: dict | None) -> str | None:
+    """``"dense"`` when an EinsumDense equation is a Dense over the last axis (``...b,bc->...c``,
+    ``abc,cd->abd``) with a bias on the output axis or none; None for any other contraction."""
+    equation = (config or {}).get("equation", "").replace(" ", "")
+    if "->" not in equation or equation.count(",") != 1:
+        return None
+    lhs, out = equation.split("->")
+    inp, ker = lhs.split(",")
+    bias_axes = (config or {}).get("bias_axes") or ""
+    if len(ker) == 2 and inp and ker[0] == inp[-1] and out == inp[:-1] + ker[1] and bias_axes in ("", ker[1]):
+        return "dense"
+    return None
+
+
+def _bidirectional(v: dict[str, Param], attrs: dict) -> dict[str, Param]:
+    """Both directions of a Bidirectional LSTM/GRU as one PyTorch ``bidirectional=True`` layer."""
+    forward = {k.split("/", 1)[1]: v[k] for k in list(v) if k.startswith("forward/")}
+    backward = {k.split("/", 1)[1]: v[k] for k in list(v) if k.startswith("backward/")}
+    inner = ((attrs.get("layer") or {}).get("class_name") if isinstance(attrs.get("layer"), dict) else None)
+    rnn = inner or infer_class(forward)
+    if rnn not in ("LSTM", "GRU"):
+        raise KeyError(f"forward/kernel of an LSTM or GRU (found a {rnn})")
+    attrs["rnn_class"] = rnn
+    attrs["bidirectional"] = True
+    if rnn == "GRU" and "reset_after" not in attrs and "bias" in forward:
+        attrs["reset_after"] = len(forward["bias"].shape) == 2
+    out = _convert(_READERS[rnn], forward, attrs)
+    out.update({f"{role}_reverse": p for role, p in _convert(_READERS[rnn], backward, attrs).items()})
+    return out
 
 
 _READERS: dict[str, Callable[[dict[str, Param], dict], dict[str, Param]]] = {
@@ -274,4 +353,5 @@ _READERS: dict[str, Callable[[dict[str, Param], dict], dict[str, Param]]] = {
     "SeparableConv1D": _separable, "SeparableConv2D": _separable,
     "BatchNormalization": _normalization_layer, "LayerNormalization": _normalization_layer, "Embedding": _embedding,
     "LSTM": _lstm, "GRU": _gru, "MultiHeadAttention": _mha, "PReLU": _prelu,
+    "Bidirectional": _bidirectional, "EinsumDense": _dense,
 }

@@ -156,6 +156,16 @@ def _prelu_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param
     return {"alpha": derive(weight, layouts.permute(letters[-1] + letters[:-1], letters))}
 
 
+def _bidirectional_back(layer: Layer, p: dict[str, Param], cfg: dict) -> dict[str, Param]:
+    rnn = cfg.get("rnn_class") or ("GRU" if layer.kind == "gru" else "LSTM")
+    back = _WRITERS[rnn]
+    forward = {r: q for r, q in p.items() if not r.endswith("_reverse")}
+    backward = {r[: -len("_reverse")]: q for r, q in p.items() if r.endswith("_reverse")}
+    out = {f"forward/{k}": q for k, q in back(layer, forward, cfg).items()}
+    out.update({f"backward/{k}": q for k, q in back(layer, backward, cfg).items()})
+    return out
+
+
 _WRITERS: dict[str, Callable[[Layer, dict[str, Param], dict], dict[str, Param]]] = {
     "Dense": _dense_back, "Conv1D": _conv_back, "Conv2D": _conv_back, "Conv3D": _conv_back,
     "Conv1DTranspose": _conv_transpose_back, "Conv2DTranspose": _conv_transpose_back,
@@ -164,4 +174,5 @@ _WRITERS: dict[str, Callable[[Layer, dict[str, Param], dict], dict[str, Param]]]
     "SeparableConv1D": _separable_back, "SeparableConv2D": _separable_back,
     "BatchNormalization": _normalization_layer_back, "LayerNormalization": _normalization_layer_back, "Embedding": _embedding_back,
     "LSTM": _lstm_back, "GRU": _gru_back, "MultiHeadAttention": _mha_back, "PReLU": _prelu_back,
+    "Bidirectional": _bidirectional_back, "EinsumDense": _dense_back,
 }

@@ -50,6 +50,8 @@ _TF1_ROLES = {
 }
 # Keras keeps an RNN's weights in a cell sub-layer; the layer is the RNN.
 _CELL = re.compile(r"^(lstm|gru|simple_rnn)_cell(_\d+)?$")
+# A TF1 cell's scope: ``rnn/lstm_cell/kernel``, ``rnn/basic_lstm_cell/kernel``, ``multi_rnn_cell/cell_0/...``.
+_TF1_CELL = re.compile(r"(^|/)(\w*_cell(_\d+)?|cell_\d+)/")
 
 
 @dataclass
@@ -299,6 +301,12 @@ def _raw_layer(name: str, group: list[CheckpointVariable], reader: Any, prefix: 
 
 def _layer(name: str, group: list[CheckpointVariable], reader: Any, prefix: str) -> Layer:
     variables = {e.var: _native(e, reader, prefix) for e in group}
+    if "recurrent_kernel" not in variables and any(_TF1_CELL.search(e.key) for e in group):
+        # A TF1 RNN cell (tf.nn.rnn_cell.LSTMCell, GRUCell...) keeps one kernel over [input; state] in its
+        # own gate order: no Keras or PyTorch role describes it, so it passes through, marked unknown.
+        layer = keras_layers.to_layer(name, "TF1RNNCell", variables)
+        layer.attrs["layout_note"] = "a TF1 RNN cell: one kernel over [input; state], TF1 gate order"
+        return layer
     return keras_layers.to_layer(name, _class_hint(name, variables), variables)
 
 

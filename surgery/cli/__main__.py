@@ -1,0 +1,5 @@
+"""``python -m surgery.cli``: the console script, for environments without it on PATH."""
+
+from . import main
+
+main()
