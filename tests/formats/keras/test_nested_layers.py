@@ -26,10 +26,10 @@ FOLDER = FIXTURES / "keras_nested"
 
 
 def _live(name: str, suffix: str):
+    keras.backend.clear_session()   # Keras' auto names (dense, dense_1) count per session, as when it was saved
     if suffix == ".keras":
         nested._classes()   # registers the custom classes; load_model stays in safe mode
         return keras.saving.load_model(FOLDER / f"{name}.keras")
-    keras.backend.clear_session()   # Keras' auto names (dense, dense_1) count per session, as when it was saved
     model = getattr(nested, name)(seed=99)   # other weights than the file's: load_weights must replace them
     model.load_weights(FOLDER / f"{name}.weights.h5")
     return model
