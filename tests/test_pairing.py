@@ -170,3 +170,13 @@ def test_merge_pairs_several_sources_with_one_destination():
     state = src.state()
     assert np.array_equal(fused, np.concatenate([state[f"{n}.weight"].read() for n in "qkv"]))
     assert {t.destination: t.sources for t in pair.tensors}["mha.in_proj_weight"] == ("q.weight", "k.weight", "v.weight")
+
+
+def test_a_layer_whose_layout_is_not_known_is_never_copied():
+    src, dst = graph(**SRC), graph(**SRC)
+    src["fc"].attrs.update(layout_known=False, layout_note="EinsumDense 'ab,bcd->acd' has no canonical layout")
+    plan = surgery.plan(src, dst)
+    assert "fc" not in [p.source for p in plan.pairs]
+    assert plan.unused == ["fc"] and plan.uncovered == ["fc"] and not plan.strict_ok
+    assert any("has no canonical layout; not copied" in w for w in plan.warnings)
+    assert "skip: [fc]" in plan.accept_lines() and "keep: [fc]" in plan.accept_lines()
