@@ -81,7 +81,10 @@ def test_onnx_models(name):
     import onnx
 
     model = onnx.load(str(FIXTURES / "onnx" / name), load_external_data=False)
-    _assert_accounted({t.name for t in model.graph.initializer}, surgery.load(FIXTURES / "onnx" / name))
+    in_file = {t.name for t in model.graph.initializer}
+    in_file |= {n.output[0] for n in model.graph.node
+                if n.op_type == "Constant" and any(a.name == "value" for a in n.attribute)}
+    _assert_accounted(in_file, surgery.load(FIXTURES / "onnx" / name))
 
 
 @pytest.mark.parametrize("prefix", ["tf2/ckpt", "tf1/model.ckpt"])

@@ -84,7 +84,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, target: 
     template = template_of(graph, "onnx", template, path, {"target": target, **options}, "an ONNX model")
     model, specs, source, _, _ = scan_model(template)
     where = _where(graph, template, specs)
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = {slot.tensor.name: slot.tensor for slot, _ in where.values()}  # initializers and Constant tensors
     final = target or atomic_target(path) or path
     with ExternalCopies(source, os.path.dirname(os.path.abspath(path)), template, final) as copies:
         for name, native in _natives(graph, template, where, source):  # one initializer at a time
@@ -92,7 +92,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, target: 
                 copies.patch(name, native)
             else:
                 _replace_internal(inits[name], native)
-        for tensor in inits.values():
+        for tensor in model.graph.initializer:
             copies.relocate(tensor)
         with open(path, "wb") as f:
             f.write(model.SerializeToString())

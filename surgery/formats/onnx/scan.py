@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from ... import dtypes
 from ...errors import fail
@@ -90,13 +90,17 @@ class _Scanner:
         self.source = Source(path)
         self.inits = {t.name: t for t in model.graph.initializer}
         self.nodes = list(model.graph.node)
+        # Weights in Constant nodes (some exporters and optimizers leave no initializer at all) are read
+        # like initializers; writing replaces the node's tensor in place.
+        self.constants = _constant_tensors(self.nodes)
+        self.inits.update(self.constants)
+        self.left_out: dict[str, str] = dict(_nested_tensors(model))
         self.claimed: set[str] = set()
         self.uncarried: set[str] = set()
         self.owner: dict[str, str] = {}          # initializer -> the layer that claimed it first
         self.specs: list[LayerSpec] = []
         self.rnn_stacks: dict[tuple[str, str], tuple[LayerSpec, list[int]]] = {}
         self.notes: list[str] = []
-        self.left_out: dict[str, str] = {}   # initializers that are not weights, with the reason
         self.consumers: dict[str, list[int]] = {}
         # The legacy exporter stores equal tensors once and feeds the others through Identity nodes.
         self.alias = {n.output[0]: n.input[0] for n in self.nodes
@@ -169,6 +173,9 @@ class _Scanner:
         integer shapes and indices, and float scalars it folded out of an operator
         (the ``1/sqrt(sqrt(d))`` of an attention) feeding plain arithmetic.
         """
+        if tensor.name in self.constants:  # weights sit in initializers; a Constant no weight-reading op claimed
+            users = sorted({self.nodes[i].op_type for i in self.consumers.get(tensor.name, [])})
+            return f"a Constant node's tensor feeding {', '.join(users) or 'nothing'}, not a weight"
         if _STATE_NAME.match(tensor.name):
             return None
         if not dtypes.is_floating(surgery_dtype(tensor) or ""):
@@ -335,6 +342,45 @@ _HANDLERS = {
     "GRU": _rnn,
     "Gather": _gather,
 }
+
+
+def _constant_tensors(nodes: list[Any]) -> dict[str, Any]:
+    """``output name -> TensorProto`` of every ``Constant`` node holding a tensor (``value``)."""
+    out = {}
+    for node in nodes:
+        if node.op_type != "Constant" or not node.output:
+            continue
+        for attr in node.attribute:
+            if attr.name == "value" and attr.HasField("t"):
+                if not attr.t.name:
+                    attr.t.name = node.output[0]  # named as the graph names it, so layers can say where it is
+                out[attr.t.name] = attr.t
+    return out
+
+
+def _nested_tensors(model: Any) -> Iterator[tuple[str, str]]:
+    """Tensors inside ``If``/``Loop``/``Scan`` subgraphs and model-local functions, with why they are not read."""
+    def graph_tensors(graph: Any, where: str) -> Iterator[tuple[str, str]]:
+        reason = f"inside {where}: subgraph weights are not read; export without control flow"
+        for tensor in graph.initializer:
+            yield tensor.name, reason
+        for name in _constant_tensors(list(graph.node)):
+            yield name, reason
+        for node in graph.node:
+            yield from node_tensors(node, where)
+
+    def node_tensors(node: Any, where: str) -> Iterator[tuple[str, str]]:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from graph_tensors(sub, f"the {node.op_type} subgraph {attr.name!r} of node {node.name!r}")
+
+    for node in model.graph.node:
+        yield from node_tensors(node, "")
+    for function in model.functions:
+        for node in function.node:
+            for name, _ in _constant_tensors([node]).items():
+                yield name, f"a Constant inside function {function.name!r}: function weights are not read"
+            yield from node_tensors(node, f"function {function.name!r}")
 
 
 def scan_model(path: str) -> tuple[Any, list[LayerSpec], Source, list[str], dict[str, str]]:
