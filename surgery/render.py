@@ -139,23 +139,27 @@ def plan_yaml(plan: "Plan") -> str:
     if plan.mapping.rename:
         lines.append("rename:")
         lines += [f"  {_scalar(p.pattern)}: {_scalar(r)}" for p, r, _ in plan.mapping.rename]
-    lines.append("layers:")
+    lines.append("layers:" if plan.pairs else "layers: {}")
     for pair in plan.pairs:
         dst = pair.destinations[0] if len(pair.destinations) == 1 else pair.destinations
         lines.append(f"  {_scalar(pair.source)}: {_scalar(dst)}  # {pair.rule}")
-    for title, items in (("skip", plan.skipped + plan.unused), ("keep", plan.kept + plan.uncovered),
-                         ("freeze", plan.frozen)):
+    for title, items in (("skip", plan.skipped), ("keep", plan.kept), ("freeze", plan.frozen)):
         if items:
             lines.append(f"{title}:")
             lines += [f"  - {_scalar(i)}" for i in items]
+    # What no rule paired stays a decision: proposed in comments, so a transplant with this map
+    # still refuses until someone pairs them or uncomments the lines on purpose.
+    for title, items, why in (("skip", plan.unused, "source layers no rule paired"),
+                              ("keep", plan.uncovered, "destination layers no rule filled")):
+        if items:
+            lines.append(f"# {title}:  # {why}: pair them under `layers`, or uncomment to accept")
+            lines += [f"#   - {_scalar(i)}" for i in items]
     flatten = {k: v for d in plan.assumed for k, v in d.flatten.items()}
     if flatten:
         lines.append("flatten:  # assumed from each side's framework, not recorded in the files: check")
         lines += [f"  {_scalar(s)}: {{shape: {list(v['shape'])}, source_order: {v['source_order']}, "
                   f"dest_order: {v['dest_order']}}}" for s, v in flatten.items()]
     lines += [f"# decide yourself: {d.message}" for d in plan.assumed if not d.flatten]
-    if plan.unused or plan.uncovered:
-        lines.append("# could not pair: " + ", ".join(plan.unused + plan.uncovered))
     lines.append(f"on_mismatch: {plan.mapping.on_mismatch}")
     return "\n".join(lines) + "\n"
 

@@ -134,3 +134,14 @@ def test_onnx_external_data_outside_its_folder_is_bad_input(run, tmp_path):
     result = run("inspect", FIXTURES / "onnx" / "evil" / "model.onnx")
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "model.onnx" in result.stderr and "outside" in result.stderr, result.stderr
+
+
+def test_a_proposed_map_with_nothing_paired_is_read_and_refused_not_accepted(run, tmp_path):
+    proposed = tmp_path / "map.yaml"
+    keras_vgg, port = ROOT / "fixtures" / "keras" / "vgg.h5", TORCH / "vgg_port.pt"
+    assert run("map", keras_vgg, port, "-o", proposed).exit_code == 0  # no name in common
+    text = proposed.read_text()
+    assert "layers: {}" in text and "\nskip:" not in text and "# skip:" in text  # proposals stay comments
+    result = run("transplant", keras_vgg, port, "--map", proposed, "-o", tmp_path / "out.pt")
+    assert result.exit_code == 1, result.stderr  # a decision, not a YAML error (2) and not an empty success (0)
+    assert "source layers unused: block1_conv1" in result.stderr and not (tmp_path / "out.pt").exists()
