@@ -32,6 +32,21 @@ def module_path(node: Any) -> str | None:
     if scopes is not None:
         return scopes[-2] if len(scopes) >= 3 else ""
     if node.name.startswith("/"):
-        parts = node.name.split("/")[1:-1]
-        return parts[-1] if parts else ""
+        return _joined(node.name.split("/")[1:-1])
     return None
+
+
+def _joined(parts: list[str]) -> str:
+    """The TorchScript exporter's scope parts as one module path.
+
+    Each part is the attribute name under the part before it (``bert``, ``encoder``,
+    ``layer.0``, ``attention``), except that the children of a module that was called
+    (a Sequential) repeat its name (``features``, ``features.0``): such a part replaces it.
+    """
+    path: list[str] = []
+    for part in parts:
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return ".".join(path)

@@ -74,3 +74,45 @@ def test_prelu_written_back_into_onnx_keeps_its_native_shape(tmp_path):
     with torch.no_grad():
         expected = trained(x).numpy()
     assert np.abs(run_ort(tmp_path / "out.onnx", {"x": x.numpy()}) - expected).max() < 1e-5
+
+
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.query, self.key = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.query(x) @ self.key(x).transpose(1, 2), -1) @ x
+
+
+class Encoder(nn.Module):
+    """Nested like a Hugging Face encoder: a ModuleList (never called) of blocks holding linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList([Attention(), Attention()])
+        self.head = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.layer:
+            x = block(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_anonymous_matmul_weights_take_the_full_module_path(tmp_path, dynamo):
+    x = torch.randn(2, 5, 8)
+    source = _randomised(Encoder(), 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(source, (x,), str(tmp_path / "enc.onnx"), dynamo=dynamo, input_names=["x"])
+    graph = surgery.load(tmp_path / "enc.onnx")
+    names = {layer.name for layer in graph if layer.kind == "dense"}
+    assert {"layer.0.query", "layer.1.key", "head.0", "head.2"} <= names, sorted(names)
+    fresh = _randomised(Encoder(), 5)
+    torch.save(fresh.state_dict(), tmp_path / "fresh.pt")
+    result = surgery.transplant(tmp_path / "enc.onnx", tmp_path / "fresh.pt", output=tmp_path / "out.pt")
+    assert result.plan.strict_ok
+    fresh.load_state_dict(torch.load(tmp_path / "out.pt", weights_only=True))
+    with torch.no_grad():
+        assert np.abs(fresh(x).numpy() - run_ort(tmp_path / "enc.onnx", {"x": x.numpy()})).max() < 1e-5
