@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench fixtures clean
+.PHONY: demo test zoo bench fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+zoo: $(STAMP)
+	$(PY) -m pytest -m zoo -s -v
 
 bench: $(STAMP)
 	$(PY) bench/run.py

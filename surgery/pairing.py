@@ -317,8 +317,11 @@ def _transposed_guess(a: Layer, b: Layer) -> bool:
 
 def _kinds_agree(a: Layer, b: Layer) -> bool:
     same = KIND_ALIASES.get(a.kind, a.kind) == KIND_ALIASES.get(b.kind, b.kind)
-    guessed_norm = {a.kind, b.kind} <= NORM_KINDS and ("kind_from" in a.attrs or "kind_from" in b.attrs)
-    return same or guessed_norm or bool({"unknown", "merged"} & {a.kind, b.kind})
+    guessed = "kind_from" in a.attrs or "kind_from" in b.attrs
+    guessed_norm = guessed and {a.kind, b.kind} <= NORM_KINDS
+    # A bias-less 2D weight guessed "dense" from a state_dict may be an embedding table: same canonical tensor.
+    guessed_table = guessed and {a.kind, b.kind} == {"dense", "embedding"} and not ({"bias"} & (set(a.params) | set(b.params)))
+    return same or guessed_norm or guessed_table or bool({"unknown", "merged"} & {a.kind, b.kind})
 
 
 def _mismatch(plan: Plan, problem: str) -> None:

@@ -11,6 +11,8 @@ from surgery.errors import PlanError
 from tests.conftest import KERAS_FIXTURES, assert_close
 from surgery.kinds import graph_of_params
 
+pytestmark = pytest.mark.zoo  # a zoo row: make zoo runs every test so marked
+
 VGG_MAP = {"version": 1, "layers": {
     "block1_conv1": "features.0", "block1_bn": "features.2", "block2_conv1": "features.4",
     "block2_bn": "features.6", "fc1": "classifier.1", "predictions": "classifier.3"},

@@ -8,6 +8,8 @@ import torch
 from fixtures import onnx_fixtures
 from tests.conftest import FIXTURES
 
+pytestmark = pytest.mark.zoo  # a zoo row: make zoo runs every test so marked
+
 
 @pytest.fixture
 def chdir_root(monkeypatch):

@@ -6,6 +6,8 @@ import pytest
 
 from tests.conftest import FIXTURES, TORCH
 
+pytestmark = pytest.mark.zoo  # a zoo row: make zoo runs every test so marked
+
 KERAS = FIXTURES / "keras" / "vgg.h5"
 PORT = TORCH / "vgg_port10.pt"
 FACTORY = "fixtures.nets:build_vgg_port10"

@@ -15,6 +15,8 @@ torch = pytest.importorskip("torch")
 import surgery  # noqa: E402
 from fixtures import keras_nested_fixtures as nested  # noqa: E402
 
+pytestmark = pytest.mark.zoo  # a zoo row: make zoo runs every test so marked
+
 
 class TorchFunctional(torch.nn.Module):
     """``keras_nested_fixtures.functional`` written in PyTorch (Keras LayerNorm eps 1e-3)."""

@@ -18,6 +18,8 @@ from torch import nn
 import surgery
 from tests.conftest import run_ort
 
+pytestmark = pytest.mark.zoo  # a zoo row: make zoo runs every test so marked
+
 
 class PReLUNet(nn.Module):
     def __init__(self) -> None:
