@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from .conftest import FIXTURES
+from tests.conftest import FIXTURES
 
 h5py = pytest.importorskip("h5py")
 

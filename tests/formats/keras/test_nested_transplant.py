@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import FIXTURES
+from tests.conftest import FIXTURES
 
 keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import FIXTURES
+from tests.conftest import FIXTURES
 
 tf_reader = pytest.importorskip("surgery.formats.tf.reader")
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from .conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT
 
 pytest.importorskip("tensorflow")
 
