@@ -1,0 +1,52 @@
+"""The zoo, residual rows: a Keras functional ResNet block into its PyTorch port, every way Keras saves it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fixtures.zoo import resnet
+
+pytestmark = pytest.mark.zoo
+X = np.random.default_rng(0).standard_normal((2, *resnet.INPUT)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, keras):
+    folder = tmp_path_factory.mktemp("resnet")
+    model = resnet.keras_resnet(seed=1)
+    model.save(folder / "resnet.keras")
+    model.save_weights(folder / "resnet.weights.h5")
+    model.save(folder / "resnet.h5")
+    return folder, np.asarray(model(X))
+
+
+@pytest.mark.parametrize("name", ["resnet.keras", "resnet.weights.h5", "resnet.h5"])
+def test_keras_resnet_into_its_pytorch_port(run, saved, tmp_path, name):
+    folder, expected = saved
+    torch.manual_seed(2)
+    port = resnet.TorchResNet().eval()
+    torch.save(port.state_dict(), tmp_path / "port.pt")
+    text = resnet.NAME_MAP
+    if name.endswith(".weights.h5"):  # no architecture in the file: say that no Flatten feeds the head
+        text += "flatten:\n  head: {shape: [8], source_order: C, dest_order: C}\n"
+    (tmp_path / "map.yaml").write_text(text)
+    result = run("transplant", folder / name, tmp_path / "port.pt", "--map", tmp_path / "map.yaml",
+                 "-o", tmp_path / "out.pt", "-q")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    port.load_state_dict(torch.load(tmp_path / "out.pt", weights_only=True))
+    with torch.no_grad():
+        got = port(torch.from_numpy(X).permute(0, 3, 1, 2)).numpy()
+    worst = float(np.abs(got - expected).max())
+    print(f"zoo row {name}: max abs difference {worst:.3g}")
+    assert worst <= 1e-4
+
+
+def test_equal_shapes_declared_in_another_order_are_never_swapped(run, saved, tmp_path):
+    folder, _ = saved
+    torch.save(resnet.TorchResNet().state_dict(), tmp_path / "port.pt")
+    result = run("transplant", folder / "resnet.keras", tmp_path / "port.pt", "--match", "shape",
+                 "-o", tmp_path / "out.pt", "-q")
+    assert result.exit_code == 1 and not (tmp_path / "out.pt").exists()
+    assert "paired by storage order" in result.stderr and "block.shortcut" in result.stderr
