@@ -19,17 +19,20 @@ def saved(tmp_path_factory, keras):
     model.save(folder / "resnet.keras")
     model.save_weights(folder / "resnet.weights.h5")
     model.save(folder / "resnet.h5")
+    import tensorflow as tf
+
+    tf.train.Checkpoint(model=model).write(str(folder / "resnet.ckpt"))  # a TF2 object-graph checkpoint
     return folder, np.asarray(model(X))
 
 
-@pytest.mark.parametrize("name", ["resnet.keras", "resnet.weights.h5", "resnet.h5"])
+@pytest.mark.parametrize("name", ["resnet.keras", "resnet.weights.h5", "resnet.h5", "resnet.ckpt.index"])
 def test_keras_resnet_into_its_pytorch_port(run, saved, tmp_path, name):
     folder, expected = saved
     torch.manual_seed(2)
     port = resnet.TorchResNet().eval()
     torch.save(port.state_dict(), tmp_path / "port.pt")
     text = resnet.NAME_MAP
-    if name.endswith(".weights.h5"):  # no architecture in the file: say that no Flatten feeds the head
+    if name.endswith((".weights.h5", ".index")):  # no architecture in the file: no Flatten feeds the head
         text += "flatten:\n  head: {shape: [8], source_order: C, dest_order: C}\n"
     (tmp_path / "map.yaml").write_text(text)
     result = run("transplant", folder / name, tmp_path / "port.pt", "--map", tmp_path / "map.yaml",
