@@ -53,3 +53,25 @@ def test_equal_shapes_declared_in_another_order_are_never_swapped(run, saved, tm
                  "-o", tmp_path / "out.pt", "-q")
     assert result.exit_code == 1 and not (tmp_path / "out.pt").exists()
     assert "paired by storage order" in result.stderr and "block.shortcut" in result.stderr
+
+
+def test_pytorch_port_back_into_the_keras_resnet(run, saved, tmp_path, keras):
+    folder, _ = saved
+    torch.manual_seed(5)
+    port = resnet.TorchResNet().eval()
+    with torch.no_grad():   # trained weights of its own, statistics included
+        for name, t in port.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand_like(t) + 0.5 if "running_var" in name else torch.randn_like(t) * 0.3)
+        expected = port(torch.from_numpy(X).permute(0, 3, 1, 2)).numpy()
+    torch.save(port.state_dict(), tmp_path / "port.pt")
+    reverse = "version: 1\nlayers:\n" + "".join(
+        f"  {d}: {s}\n" for s, d in (line.split(": ") for line in resnet.NAME_MAP.splitlines()[2:]))
+    (tmp_path / "map.yaml").write_text(reverse + "flatten:\n  fc: {shape: [8], source_order: C, dest_order: C}\n")
+    result = run("transplant", tmp_path / "port.pt", folder / "resnet.keras", "--map", tmp_path / "map.yaml",
+                 "-o", tmp_path / "back.keras", "-q")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    back = keras.saving.load_model(tmp_path / "back.keras")
+    worst = float(np.abs(np.asarray(back(X)) - expected).max())
+    print(f"zoo row port.pt -> resnet.keras: max abs difference {worst:.3g}")
+    assert worst <= 1e-4
