@@ -63,10 +63,50 @@ class Mapping:
                 name = new
         return name, used
 
+    def expand_patterns(self, src: list[str], dst: list[str]) -> None:
+        """Turn the pattern entries of ``layers`` and ``merge`` into one plain entry per layer they match.
+
+        ``layers``: a regex over source layer names, its destinations templates with back-references
+        (``'encoder\\.layer\\.(\\d+)\\.attention\\.self\\.query': 'blocks.\\1.attn.q'``).
+        ``merge``: a regex over destination layer names, its parts source templates
+        (``'blocks\\.(\\d+)\\.attn': ['layer.\\1.q', 'layer.\\1.k', 'layer.\\1.v', 'layer.\\1.o']``).
+        """
+        layers: dict[str, MapValue] = {}
+        for key, entry in self.layers.items():
+            if not is_pattern(key):
+                layers[key] = entry
+                continue
+            found = [(name, match) for name in src if (match := _full(key, name, self, entry.line))]
+            if not found:
+                raise self.error(entry.line, f"layers: pattern {key!r} matches no source layer")
+            for name, match in found:
+                if name in layers:
+                    raise self.error(entry.line, f"layers: source layer {name!r} is paired twice (pattern {key!r})")
+                layers[name] = MapValue([match.expand(d) for d in entry.value], entry.line)
+        merge: dict[str, MapValue] = {}
+        for key, entry in self.merge.items():
+            if not is_pattern(key):
+                merge[key] = entry
+                continue
+            found = [(name, match) for name in dst if (match := _full(key, name, self, entry.line))]
+            if not found:
+                raise self.error(entry.line, f"merge: pattern {key!r} matches no destination layer")
+            for name, match in found:
+                merge[name] = MapValue([match.expand(p) for p in entry.value], entry.line)
+        taken: dict[str, str] = {}
+        for name, entry in layers.items():
+            for d in entry.value:
+                if d in taken or d in merge:
+                    raise self.error(entry.line, f"layers: destination {d!r} is named twice "
+                                                 f"(also for {taken.get(d) or 'merge'!r})")
+                taken[d] = name
+        self.layers, self.merge = layers, merge
+
     def check_names(self, src_names: Iterable[str], dst_names: Iterable[str], src_keys: Iterable[str] = (),
                     dst_keys: Iterable[str] = ()) -> None:
         """Every explicit name and every glob must match a layer (``skip``/``keep``: or a tensor) of the right graph."""
         src, dst = list(src_names), list(dst_names)
+        self.expand_patterns(src, dst)
         tensors = {"skip": src + list(src_keys), "keep": dst + list(dst_keys), "freeze": dst}
         src_set, dst_set = set(src), set(dst)
         for name, entry in self.layers.items():
@@ -224,6 +264,21 @@ def _rename(m: Mapping, rules: Any, lines: dict) -> list[tuple[re.Pattern, str, 
     return out
 
 
+_PATTERN_CHARS = set("()[]\\^$|*+?{}")
+
+
+def is_pattern(name: str) -> bool:
+    """A ``layers``/``merge`` key is a regex when it holds regex syntax no layer name has (dots are allowed in both)."""
+    return bool(_PATTERN_CHARS & set(name))
+
+
+def _full(pattern: str, name: str, m: Mapping, line: int) -> re.Match | None:
+    try:
+        return re.fullmatch(pattern, name)
+    except re.error as e:
+        raise m.error(line, f"bad regex {pattern!r}: {e}") from None
+
+
 def _layers(m: Mapping, pairs: Any, lines: dict) -> dict[str, MapValue]:
     if not isinstance(pairs, dict):
         raise m.error(lines.get("layers", 0), "layers: must map source layers to destination layers")
@@ -234,12 +289,26 @@ def _layers(m: Mapping, pairs: Any, lines: dict) -> dict[str, MapValue]:
         dsts = dst if isinstance(dst, list) else [dst]
         if not dsts or not all(isinstance(d, str) and d for d in dsts):
             raise m.error(line, f"layers: {src!r} must name a destination layer (or a list of them)")
+        if is_pattern(str(src)):
+            _check_template(m, "layers", str(src), dsts, line)
         for d in dsts:
             if d in taken:
                 raise m.error(line, f"layers: destination {d!r} is named twice (also for {taken[d]!r})")
             taken[d] = str(src)
         out[str(src)] = MapValue(dsts, line)
     return out
+
+
+def _check_template(m: Mapping, section: str, pattern: str, templates: list[str], line: int) -> None:
+    """A pattern compiles and its templates refer only to groups it has."""
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as e:
+        raise m.error(line, f"{section}: bad regex {pattern!r}: {e}") from None
+    for template in templates:
+        refs = [int(g) for g in re.findall(r"\\(\d+)", template)]
+        if refs and max(refs) > groups:
+            raise m.error(line, f"{section}: {template!r} refers to group {max(refs)} but {pattern!r} has {groups}")
 
 
 def _merge(m: Mapping, entries: Any, lines: dict) -> dict[str, MapValue]:
@@ -255,6 +324,10 @@ def _merge(m: Mapping, entries: Any, lines: dict) -> dict[str, MapValue]:
             raise m.error(line, f"merge: {dst!r} needs a list of two or more source layers")
         if dst in named:
             raise m.error(line, f"merge: destination {dst!r} is also named under layers (for {named[dst]!r})")
+        if is_pattern(str(dst)):
+            _check_template(m, "merge", str(dst), list(parts), line)
+            out[str(dst)] = MapValue(list(parts), line)
+            continue
         for part in parts:
             if part in m.layers or part in used:
                 raise m.error(line, f"merge: source {part!r} is already paired ({'layers' if part in m.layers else used[part]})")

@@ -80,3 +80,33 @@ def test_dict_maps_are_validated_too():
     with pytest.raises(MapError, match="unknown key 'renames'"):
         load_map({"renames": {}})
     assert load_map({"freeze": "features.*"}).freeze[0].value == "features.*"
+
+
+def test_layers_patterns_pair_a_whole_family_with_back_references():
+    m = load_map({"layers": {r"encoder\.layer\.(\d+)\.attention\.self\.(query|key)": r"blocks.\1.attn.\2",
+                             "pooler": "head"}})
+    src = ["encoder.layer.0.attention.self.query", "encoder.layer.0.attention.self.key",
+           "encoder.layer.1.attention.self.query", "encoder.layer.1.attention.self.key", "pooler"]
+    dst = ["blocks.0.attn.query", "blocks.0.attn.key", "blocks.1.attn.query", "blocks.1.attn.key", "head"]
+    m.check_names(src, dst)
+    assert {s: e.value for s, e in m.layers.items()} == {name: [d] for name, d in zip(src, dst)}
+
+
+def test_merge_patterns_fill_every_matching_destination():
+    m = load_map({"merge": {r"blocks\.(\d+)\.mha": [r"layer.\1.q", r"layer.\1.k", r"layer.\1.v", r"layer.\1.o"]}})
+    src = [f"layer.{i}.{p}" for i in range(3) for p in "qkvo"]
+    m.check_names(src, ["blocks.0.mha", "blocks.1.mha", "blocks.2.mha"])
+    assert m.merge["blocks.2.mha"].value == ["layer.2.q", "layer.2.k", "layer.2.v", "layer.2.o"]
+
+
+def test_pattern_errors_name_the_line(tmp_path):
+    path = tmp_path / "map.yaml"
+    path.write_text("version: 1\nlayers:\n  'enc\\.(\\d+)': 'dec.\\2'\n")
+    with pytest.raises(MapError, match=r"map.yaml:3: layers: .*refers to group 2 but .* has 1"):
+        load_map(str(path))
+    path.write_text("version: 1\nlayers:\n  'nothing\\.(\\d+)': 'dec.\\1'\n")
+    with pytest.raises(MapError, match=r"map.yaml:3: layers: pattern .* matches no source layer"):
+        load_map(str(path)).check_names(["enc.0"], ["dec.0"])
+    path.write_text("version: 1\nlayers:\n  'enc\\.(\\d+)': 'dec.\\1'\n")
+    with pytest.raises(MapError, match=r"map.yaml:3: layers: destination layer 'dec.1' does not exist"):
+        load_map(str(path)).check_names(["enc.0", "enc.1"], ["dec.0"])

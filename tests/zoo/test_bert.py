@@ -60,12 +60,13 @@ def test_hf_folder_into_the_same_architecture(run, source, tmp_path):
     _judge(fresh, tmp_path / "out.pt", expected)
 
 
-def test_hf_folder_into_a_reimplementation_with_other_names(run, source, tmp_path):
+@pytest.mark.parametrize("mapping", ["rename rules", "layers patterns"])
+def test_hf_folder_into_a_reimplementation_with_other_names(run, source, tmp_path, mapping):
     folder, _, expected = source
     torch.manual_seed(3)
     tiny = bert.TinyBert()
     torch.save(tiny.state_dict(), tmp_path / "tiny.pt")
-    (tmp_path / "map.yaml").write_text(bert.TINY_MAP)
+    (tmp_path / "map.yaml").write_text(bert.TINY_MAP if mapping == "rename rules" else bert.TINY_PATTERN_MAP)
     result = run("transplant", folder, tmp_path / "tiny.pt", "--map", tmp_path / "map.yaml", "-o", tmp_path / "out.pt", "-q")
     assert result.exit_code == 0, result.stdout + result.stderr
     _judge(tiny, tmp_path / "out.pt", expected)
