@@ -22,6 +22,7 @@ KEYS = ("version", "match", "rename", "layers", "merge", "skip", "keep", "freeze
 MATCH = ("name", "shape", "none")
 ON_MISMATCH = ("error", "skip", "slice")
 FLATTEN_KEYS = ("shape", "source_order", "dest_order")
+UP_TO = ".."   # `freeze: ["..layer3"]`: every destination layer up to and including layer3, in graph order
 
 
 @dataclass
@@ -123,6 +124,11 @@ class Mapping:
                     raise self.error(entry.line, f"merge: source layer {part!r} does not exist{_close(part, src)}")
         for section, names, side in (("skip", src, "source"), ("keep", dst, "destination"), ("freeze", dst, "destination")):
             for entry in getattr(self, section):
+                if section == "freeze" and entry.value.startswith(UP_TO):
+                    if entry.value[len(UP_TO):] not in dst:
+                        raise self.error(entry.line, f"freeze: {entry.value!r}: no destination layer "
+                                                     f"{entry.value[len(UP_TO):]!r}{_close(entry.value[len(UP_TO):], dst)}")
+                    continue
                 if not fnmatch.filter(tensors[section], entry.value):
                     raise self.error(entry.line, f"{section}: {entry.value!r} matches no {side} layer")
         for name, entry in self.flatten.items():

@@ -18,7 +18,7 @@ from . import adapters, layouts, settings
 from .errors import PlanError, SurgeryError
 from .graph import BOOKKEEPING, KIND_ALIASES, Layer, LayerGraph, Param
 from .kinds import CONV_KINDS, NORM_KINDS
-from .mapping import Mapping, load_map
+from .mapping import UP_TO, Mapping, load_map
 
 
 
@@ -165,12 +165,25 @@ def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: 
     plan.unused = [n for n in src.layers if n not in used and n not in plan.skipped]
     plan.uncovered = [n for n in dst.layers if n not in filled and n not in plan.kept]
     plan.assumed.extend(_flatten_unknown(plan))
-    globs = [e.value for e in m.freeze] + list(freeze)
-    plan.frozen = [n for n, layer in dst.layers.items() if layer.frozen or any(fnmatch.fnmatchcase(n, g) for g in globs)]
-    for g in freeze:
-        if not any(fnmatch.fnmatchcase(n, g) for n in dst.layers):
-            raise PlanError(f"--freeze {g!r} matches no destination layer")
+    plan.frozen = _frozen(dst, [e.value for e in m.freeze], list(freeze))
     return plan
+
+
+def _frozen(dst: LayerGraph, from_map: list[str], given: list[str]) -> list[str]:
+    """Destination layers to freeze: globs, and ``..X`` for every layer up to and including X in graph order."""
+    order = list(dst.layers)
+    chosen = {n for n, layer in dst.layers.items() if layer.frozen}
+    for entry in from_map + given:
+        if entry.startswith(UP_TO):
+            if entry[len(UP_TO):] not in dst.layers:
+                raise PlanError(f"freeze {entry!r}: no destination layer {entry[len(UP_TO):]!r}")
+            chosen.update(order[:order.index(entry[len(UP_TO):]) + 1])
+            continue
+        matched = [n for n in order if fnmatch.fnmatchcase(n, entry)]
+        if not matched and entry in given:
+            raise PlanError(f"--freeze {entry!r} matches no destination layer")
+        chosen.update(matched)
+    return [n for n in order if n in chosen]
 
 
 def _any_glob(name: str, entries: list) -> bool:

@@ -180,3 +180,13 @@ def test_a_layer_whose_layout_is_not_known_is_never_copied():
     assert plan.unused == ["fc"] and plan.uncovered == ["fc"] and not plan.strict_ok
     assert any("has no canonical layout; not copied" in w for w in plan.warnings)
     assert "skip: [fc]" in plan.accept_lines() and "keep: [fc]" in plan.accept_lines()
+
+
+def test_freeze_up_to_a_layer_in_graph_order():
+    src, dst = graph(**SRC), graph(**SRC)
+    assert surgery.plan(src, dst, {"freeze": ["..features.1"]}).frozen == ["features.0", "features.1"]
+    assert surgery.plan(src, dst, freeze=["..features.0", "fc"]).frozen == ["features.0", "fc"]
+    with pytest.raises(MapError, match="freeze: '..nope': no destination layer 'nope'"):
+        surgery.plan(src, dst, {"freeze": ["..nope"]})
+    with pytest.raises(PlanError, match="freeze '..nope': no destination layer"):
+        surgery.plan(src, dst, freeze=["..nope"])
