@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from . import layouts, lazy
 from .errors import PlanError
-from .graph import Layer, Param
+from .graph import BOOKKEEPING, Layer, Param
 
 
 @dataclass
@@ -64,7 +64,18 @@ def by_role(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tupl
         param = src.params.get(role)
         if param is not None:
             feeds[(dst.name, role)] = Feed(param, (src.key(role),), param.layout or "identity")
-    return feeds
+    return feeds or _lone_tensors(src, dst)
+
+
+def _lone_tensors(src: Layer, dst: Layer) -> dict[tuple[str, str], Feed]:
+    """One tensor on each side, of one shape, under other role names (a buffer kept as a conv ``weight``)."""
+    mine = [r for r in src.params if r not in BOOKKEEPING]
+    theirs = [r for r in dst.params if r not in BOOKKEEPING]
+    if len(mine) != 1 or len(theirs) != 1 or src.params[mine[0]].shape != dst.params[theirs[0]].shape:
+        return {}
+    param = src.params[mine[0]]
+    note = f"the only tensor on each side: {mine[0] or '(unnamed)'} -> {theirs[0] or '(unnamed)'}"
+    return {(dst.name, theirs[0]): Feed(param, (src.key(mine[0]),), f"{param.layout or 'identity'} ({note})")}
 
 
 def _zeros(like: Param) -> Param:

@@ -18,7 +18,7 @@ import yaml
 
 from .errors import MapError
 
-KEYS = ("version", "match", "rename", "layers", "merge", "skip", "keep", "freeze", "on_mismatch", "flatten")
+KEYS = ("version", "match", "rename", "layers", "merge", "tensors", "skip", "keep", "freeze", "on_mismatch", "flatten")
 MATCH = ("name", "shape", "none")
 ON_MISMATCH = ("error", "skip", "slice")
 FLATTEN_KEYS = ("shape", "source_order", "dest_order")
@@ -42,6 +42,7 @@ class Mapping:
     rename: list[tuple[re.Pattern, str, int]] = field(default_factory=list)
     layers: dict[str, MapValue] = field(default_factory=dict)      # source layer -> MapValue([destination layers])
     merge: dict[str, MapValue] = field(default_factory=dict)       # destination layer -> MapValue([source layers])
+    tensors: dict[str, MapValue] = field(default_factory=dict)     # source tensor -> MapValue(destination tensor)
     skip: list[MapValue] = field(default_factory=list)
     keep: list[MapValue] = field(default_factory=list)
     freeze: list[MapValue] = field(default_factory=list)
@@ -131,6 +132,13 @@ class Mapping:
                     continue
                 if not fnmatch.filter(tensors[section], entry.value):
                     raise self.error(entry.line, f"{section}: {entry.value!r} matches no {side} layer")
+        src_tensors, dst_tensors = set(src_keys), set(dst_keys)
+        for name, entry in self.tensors.items():
+            if name not in src_tensors:
+                raise self.error(entry.line, f"tensors: source tensor {name!r} does not exist{_close(name, sorted(src_tensors))}")
+            if entry.value not in dst_tensors:
+                raise self.error(entry.line, f"tensors: destination tensor {entry.value!r} does not exist"
+                                             f"{_close(entry.value, sorted(dst_tensors))}")
         for name, entry in self.flatten.items():
             if name not in src_set:
                 raise self.error(entry.line, f"flatten: source layer {name!r} does not exist{_close(name, src)}")
@@ -143,6 +151,8 @@ class Mapping:
             out["layers"] = {s: (e.value[0] if len(e.value) == 1 else e.value) for s, e in self.layers.items()}
         if self.merge:
             out["merge"] = {d: e.value for d, e in self.merge.items()}
+        if self.tensors:
+            out["tensors"] = {s: e.value for s, e in self.tensors.items()}
         for section in ("skip", "keep", "freeze"):
             if getattr(self, section):
                 out[section] = [e.value for e in getattr(self, section)]
@@ -229,6 +239,7 @@ def _build(data: dict, lines: dict, source: str) -> Mapping:
     m.rename = _rename(m, data.get("rename") or {}, lines)
     m.layers = _layers(m, data.get("layers") or {}, lines)
     m.merge = _merge(m, data.get("merge") or {}, lines)
+    m.tensors = _tensor_pairs(m, data.get("tensors") or {}, lines)
     for section in ("skip", "keep", "freeze"):
         setattr(m, section, _globs(m, section, data.get(section) or [], lines))
     m.flatten = _flatten(m, data.get("flatten") or {}, lines)
@@ -339,6 +350,23 @@ def _merge(m: Mapping, entries: Any, lines: dict) -> dict[str, MapValue]:
                 raise m.error(line, f"merge: source {part!r} is already paired ({'layers' if part in m.layers else used[part]})")
             used[part] = str(dst)
         out[str(dst)] = MapValue(list(parts), line)
+    return out
+
+
+def _tensor_pairs(m: Mapping, pairs: Any, lines: dict) -> dict[str, MapValue]:
+    """``source tensor: destination tensor`` (full names), for what layer pairs cannot say."""
+    if not isinstance(pairs, dict):
+        raise m.error(lines.get("tensors", 0), "tensors: must map source tensors to destination tensors")
+    out: dict[str, MapValue] = {}
+    taken: dict[str, str] = {}
+    for src, dst in pairs.items():
+        line = _item_line(lines, "tensors", src)
+        if not isinstance(dst, str) or not dst:
+            raise m.error(line, f"tensors: {src!r} must name one destination tensor")
+        if dst in taken:
+            raise m.error(line, f"tensors: destination {dst!r} is named twice (also for {taken[dst]!r})")
+        taken[dst] = str(src)
+        out[str(src)] = MapValue(dst, line)
     return out
 
 

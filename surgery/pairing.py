@@ -160,6 +160,7 @@ def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: 
     order = {name: i for i, name in enumerate(src.layers)}
     for source, dsts, rule in sorted(_pairings(plan), key=lambda p: order[_first_part(plan, p[0])]):
         _add_pair(plan, source, dsts, rule)
+    _add_tensor_pairs(plan)
     used = {n for p in plan.pairs for n in p.parts}
     filled = {d for p in plan.pairs for d in p.destinations}
     plan.unused = [n for n in src.layers if n not in used and n not in plan.skipped]
@@ -184,6 +185,43 @@ def _frozen(dst: LayerGraph, from_map: list[str], given: list[str]) -> list[str]
             raise PlanError(f"--freeze {entry!r} matches no destination layer")
         chosen.update(matched)
     return [n for n in order if n in chosen]
+
+
+def _add_tensor_pairs(plan: Plan) -> None:
+    """The map's ``tensors``: one source tensor into one destination tensor, each a pair of its own.
+
+    Tensors of those layers that nothing fills or takes are decisions, as for layer pairs.
+    """
+    if not plan.mapping.tensors:
+        return
+    where_src = {layer.key(r): (layer, r) for layer in plan.src for r in layer.params}
+    where_dst = {layer.key(r): (layer, r) for layer in plan.dst for r in layer.params}
+    filled = {t.destination for p in plan.pairs for t in p.tensors}
+    paired_src = {n for p in plan.pairs for n in p.parts}
+    paired_dst = {d for p in plan.pairs for d in p.destinations}
+    for src_key, entry in plan.mapping.tensors.items():
+        (src, role), (dst, dst_role) = where_src[src_key], where_dst[entry.value]
+        if entry.value in filled:
+            raise plan.mapping.error(entry.line, f"tensors: {entry.value!r} is already filled by a layer pair")
+        param = src.params[role]
+        fed = adapters.Feed(param, (src_key,), param.layout or "identity")
+        copy = _tensor_copy(plan, entry.value, dst.params[dst_role], fed)
+        if copy is None:
+            continue
+        plan.pairs.append(Pair(src.name, [dst.name], f"tensor pair (map line {entry.line})" if entry.line
+                               else "tensor pair", [copy], [src.name]))
+        filled.add(entry.value)
+        plan.unfilled = [k for k in plan.unfilled if k != entry.value]
+        plan.dropped = [k for k in plan.dropped if k != src_key]
+    taken = set(plan.mapping.tensors)
+    for layer in {where_src[k][0].name: where_src[k][0] for k in plan.mapping.tensors}.values():
+        if layer.name not in paired_src:
+            plan.dropped += [layer.key(r) for r in layer.params if layer.key(r) not in taken and r not in BOOKKEEPING
+                             and not _any_glob(layer.key(r), plan.mapping.skip)]
+    for layer in {where_dst[e.value][0].name: where_dst[e.value][0] for e in plan.mapping.tensors.values()}.values():
+        if layer.name not in paired_dst:
+            plan.unfilled += [layer.key(r) for r in layer.params if layer.key(r) not in filled and r not in BOOKKEEPING
+                              and not _kept(plan, layer, r)]
 
 
 def _any_glob(name: str, entries: list) -> bool:

@@ -190,3 +190,25 @@ def test_freeze_up_to_a_layer_in_graph_order():
         surgery.plan(src, dst, {"freeze": ["..nope"]})
     with pytest.raises(PlanError, match="freeze '..nope': no destination layer"):
         surgery.plan(src, dst, freeze=["..nope"])
+
+
+def test_tensor_pairs_say_what_layer_pairs_cannot():
+    src = graph(**{"stft.forward_basis_buffer": (8, 1, 4), "fc.weight": (2, 2)})
+    dst = graph(**{"conv.weight": (8, 1, 4), "conv.bias": (8,), "fc.weight": (2, 2)})
+    with pytest.raises(surgery.StrictError, match="source layers unused: stft"):
+        surgery.transplant(src, dst)
+    result = surgery.transplant(src, dst, {"tensors": {"stft.forward_basis_buffer": "conv.weight"}, "keep": ["conv.bias"]})
+    assert result.plan.strict_ok and {p.rule.split(" (")[0] for p in result.plan.pairs} == {"name", "tensor pair"}
+    np.testing.assert_array_equal(result.graph["conv"].params["weight"].read(),
+                                  src["stft"].params["forward_basis_buffer"].read())
+    plan = surgery.plan(src, dst, {"tensors": {"stft.forward_basis_buffer": "conv.weight"}})
+    assert plan.unfilled == ["conv.bias"]  # the rest of the destination layer is still a decision
+    with pytest.raises(MapError, match="tensors: destination tensor 'conv.wieght' does not exist"):
+        surgery.plan(src, dst, {"tensors": {"stft.forward_basis_buffer": "conv.wieght"}})
+
+
+def test_one_tensor_each_side_of_one_shape_pairs_whatever_the_role_names():
+    src = graph(**{"basis.forward_basis_buffer": (8, 1, 4)})
+    dst = graph(**{"basis.weight": (8, 1, 4)})
+    plan = surgery.plan(src, dst)
+    assert plan.strict_ok and "the only tensor on each side: forward_basis_buffer -> weight" in plan.pairs[0].tensors[0].transform
