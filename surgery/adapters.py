@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 from . import layouts, lazy
 from .errors import PlanError
 from .graph import BOOKKEEPING, Layer, Param
+from .kinds import CELL_OF
 
 
 @dataclass
@@ -76,6 +77,21 @@ def _lone_tensors(src: Layer, dst: Layer) -> dict[tuple[str, str], Feed]:
     param = src.params[mine[0]]
     note = f"the only tensor on each side: {mine[0] or '(unnamed)'} -> {theirs[0] or '(unnamed)'}"
     return {(dst.name, theirs[0]): Feed(param, (src.key(mine[0]),), f"{param.layout or 'identity'} ({note})")}
+
+
+def rnn_cell(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
+    """An LSTM/GRU cell (``weight_ih``) and a single-layer, single-direction LSTM/GRU (``weight_ih_l0``)."""
+    if len(dsts) != 1 or (src.kind, dsts[0].kind) not in {(k, c) for k, c in CELL_OF.items()} | {
+            (c, k) for k, c in CELL_OF.items()}:
+        return None
+    dst = dsts[0]
+    layered = src if src.kind in CELL_OF else dst
+    if any(not r.endswith("_l0") for r in layered.params):  # stacked or bidirectional: a cell is one of them only
+        raise PlanError(f"{src.name} -> {dst.name}: {layered.name} has {sorted(layered.params)}; a cell matches "
+                        "only a single-layer, single-direction RNN")
+    to_dst = (lambda r: r.removesuffix("_l0")) if src is layered else (lambda r: f"{r}_l0")
+    return {(dst.name, to_dst(r)): Feed(p, (src.key(r),), f"{p.layout or 'identity'} ({r} -> {to_dst(r)})")
+            for r, p in src.params.items() if to_dst(r) in dst.params}
 
 
 def _zeros(like: Param) -> Param:
@@ -272,7 +288,7 @@ def _flatten_sizes(src: Layer, dst: Layer, given: dict[str, Any], src_order: str
 
 
 ADAPTERS: list[Adapter] = [gru_variant, separable_split, separable_merge, attention_split, attention_merge,
-                           flatten_rows, batch_norm_fill, by_role]
+                           flatten_rows, batch_norm_fill, rnn_cell, by_role]
 
 
 def feed(src: Layer, dsts: list[Layer], options: dict[str, Any] | None = None) -> dict[tuple[str, str], Feed]:

@@ -16,6 +16,7 @@ from .graph import Layer, LayerGraph, Param, natural_key
 KINDS = (
     "dense", "conv1d", "conv2d", "conv3d", "conv_transpose", "depthwise_conv2d",
     "separable_conv1d", "separable_conv2d", "batch_norm", "layer_norm", "instance_norm", "embedding", "lstm", "gru",
+    "lstm_cell", "gru_cell",
     "multi_head_attention", "prelu", "unknown",
 )
 
@@ -33,6 +34,7 @@ TORCH_MODULE_KINDS: dict[str, str] = {
     "SyncBatchNorm": "batch_norm", "_BatchNorm": "batch_norm", "LayerNorm": "layer_norm", "Embedding": "embedding",
     "InstanceNorm1d": "instance_norm", "InstanceNorm2d": "instance_norm", "InstanceNorm3d": "instance_norm",
     "LSTM": "lstm", "GRU": "gru", "MultiheadAttention": "multi_head_attention", "PReLU": "prelu",
+    "LSTMCell": "lstm_cell", "GRUCell": "gru_cell",
 }
 
 # Keras class name -> kind. Classes not listed pass through as ``unknown``.
@@ -47,6 +49,9 @@ KERAS_CLASS_KINDS: dict[str, str] = {
     "MultiHeadAttention": "multi_head_attention", "PReLU": "prelu",
     "EinsumDense": "dense",   # only for an equation that is a Dense (formats/keras/layers.einsum_form)
 }
+
+# A cell (one step) and a single-layer, single-direction RNN hold the same tensors under other role names.
+CELL_OF = {"lstm": "lstm_cell", "gru": "gru_cell"}
 
 # Normalizations holding the same (C,) weight and bias: a kind guessed from names and ranks cannot tell them apart.
 NORM_KINDS = frozenset({"layer_norm", "instance_norm"})
@@ -122,7 +127,9 @@ def infer_kind(name: str, params: Mapping[str, Param]) -> str:
     if "in_proj_weight" in roles or "q_proj_weight" in roles:
         return "multi_head_attention"
     if "weight_ih_l0" in roles and "weight_hh_l0" in roles:
-        return _rnn_kind(params)
+        return _rnn_kind(params, "_l0")
+    if {"weight_ih", "weight_hh"} <= roles:   # nn.LSTMCell / nn.GRUCell: one step, no layer suffix
+        return {"lstm": "lstm_cell", "gru": "gru_cell"}.get(_rnn_kind(params, ""), "unknown")
     weight = params.get("weight")
     if weight is None:
         return "unknown"
@@ -140,7 +147,7 @@ def infer_kind(name: str, params: Mapping[str, Param]) -> str:
     return "unknown"
 
 
-def _rnn_kind(params: Mapping[str, Param]) -> str:
-    hidden = params["weight_hh_l0"].shape[-1]
-    gates = params["weight_ih_l0"].shape[0] // max(hidden, 1)
+def _rnn_kind(params: Mapping[str, Param], suffix: str) -> str:
+    hidden = params[f"weight_hh{suffix}"].shape[-1]
+    gates = params[f"weight_ih{suffix}"].shape[0] // max(hidden, 1)
     return {4: "lstm", 3: "gru"}.get(gates, "unknown")

@@ -372,7 +372,8 @@ def _kinds_agree(a: Layer, b: Layer) -> bool:
     guessed_norm = guessed and {a.kind, b.kind} <= NORM_KINDS
     # A bias-less 2D weight guessed "dense" from a state_dict may be an embedding table: same canonical tensor.
     guessed_table = guessed and {a.kind, b.kind} == {"dense", "embedding"} and not ({"bias"} & (set(a.params) | set(b.params)))
-    return same or guessed_norm or guessed_table or bool({"unknown", "merged"} & {a.kind, b.kind})
+    cell = {a.kind, b.kind} in ({"lstm", "lstm_cell"}, {"gru", "gru_cell"})
+    return same or guessed_norm or guessed_table or cell or bool({"unknown", "merged"} & {a.kind, b.kind})
 
 
 def _mismatch(plan: Plan, problem: str) -> None:
