@@ -25,6 +25,12 @@ def summed(a: Param, b: Param, note: str) -> Param:
     return Param(a.shape, a.dtype, lambda: a.read() + b.read(), key=a.key, layout=note)
 
 
+def difference(a: Param, b: Param, note: str) -> Param:
+    """``a - b`` in ``a``'s dtype (a conv bias folded into the running mean of the BatchNorm after it)."""
+    np_type = dtypes.get(a.dtype).numpy
+    return Param(a.shape, a.dtype, lambda: (a.read() - b.read().astype(np_type)).astype(np_type), key=a.key, layout=note)
+
+
 def stacked(parts: list[Param], note: str) -> Param:
     """``np.stack(parts)`` (the two Keras GRU bias rows)."""
     return Param((len(parts), *parts[0].shape), parts[0].dtype,

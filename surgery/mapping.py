@@ -18,7 +18,8 @@ import yaml
 
 from .errors import MapError
 
-KEYS = ("version", "match", "rename", "layers", "merge", "tensors", "skip", "keep", "freeze", "on_mismatch", "flatten")
+KEYS = ("version", "match", "rename", "layers", "merge", "tensors", "skip", "keep", "freeze", "fold", "on_mismatch",
+        "flatten")
 MATCH = ("name", "shape", "none")
 ON_MISMATCH = ("error", "skip", "slice")
 FLATTEN_KEYS = ("shape", "source_order", "dest_order")
@@ -46,6 +47,7 @@ class Mapping:
     skip: list[MapValue] = field(default_factory=list)
     keep: list[MapValue] = field(default_factory=list)
     freeze: list[MapValue] = field(default_factory=list)
+    fold: list[MapValue] = field(default_factory=list)    # source biases folded into the BatchNorm after their layer
     on_mismatch: str = "error"
     flatten: dict[str, MapValue] = field(default_factory=dict)     # source layer -> MapValue({shape, source_order, dest_order})
 
@@ -109,7 +111,7 @@ class Mapping:
         """Every explicit name and every glob must match a layer (``skip``/``keep``: or a tensor) of the right graph."""
         src, dst = list(src_names), list(dst_names)
         self.expand_patterns(src, dst)
-        tensors = {"skip": src + list(src_keys), "keep": dst + list(dst_keys), "freeze": dst}
+        tensors = {"skip": src + list(src_keys), "keep": dst + list(dst_keys), "freeze": dst, "fold": list(src_keys)}
         src_set, dst_set = set(src), set(dst)
         for name, entry in self.layers.items():
             if name not in src_set:
@@ -123,7 +125,8 @@ class Mapping:
             for part in entry.value:
                 if part not in src_set:
                     raise self.error(entry.line, f"merge: source layer {part!r} does not exist{_close(part, src)}")
-        for section, names, side in (("skip", src, "source"), ("keep", dst, "destination"), ("freeze", dst, "destination")):
+        for section, names, side in (("skip", src, "source"), ("keep", dst, "destination"), ("freeze", dst, "destination"),
+                                     ("fold", src, "source tensor")):
             for entry in getattr(self, section):
                 if section == "freeze" and entry.value.startswith(UP_TO):
                     if entry.value[len(UP_TO):] not in dst:
@@ -153,7 +156,7 @@ class Mapping:
             out["merge"] = {d: e.value for d, e in self.merge.items()}
         if self.tensors:
             out["tensors"] = {s: e.value for s, e in self.tensors.items()}
-        for section in ("skip", "keep", "freeze"):
+        for section in ("skip", "keep", "freeze", "fold"):
             if getattr(self, section):
                 out[section] = [e.value for e in getattr(self, section)]
         out["on_mismatch"] = self.on_mismatch
@@ -240,7 +243,7 @@ def _build(data: dict, lines: dict, source: str) -> Mapping:
     m.layers = _layers(m, data.get("layers") or {}, lines)
     m.merge = _merge(m, data.get("merge") or {}, lines)
     m.tensors = _tensor_pairs(m, data.get("tensors") or {}, lines)
-    for section in ("skip", "keep", "freeze"):
+    for section in ("skip", "keep", "freeze", "fold"):
         setattr(m, section, _globs(m, section, data.get(section) or [], lines))
     m.flatten = _flatten(m, data.get("flatten") or {}, lines)
     return m

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import adapters, layouts, settings
+from . import adapters, layouts, lazy, settings
 from .errors import PlanError, SurgeryError
 from .graph import BOOKKEEPING, KIND_ALIASES, Layer, LayerGraph, Param
 from .kinds import CONV_KINDS, NORM_KINDS
@@ -161,6 +161,7 @@ def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: 
     for source, dsts, rule in sorted(_pairings(plan), key=lambda p: order[_first_part(plan, p[0])]):
         _add_pair(plan, source, dsts, rule)
     _add_tensor_pairs(plan)
+    _fold_biases(plan)
     used = {n for p in plan.pairs for n in p.parts}
     filled = {d for p in plan.pairs for d in p.destinations}
     plan.unused = [n for n in src.layers if n not in used and n not in plan.skipped]
@@ -222,6 +223,39 @@ def _add_tensor_pairs(plan: Plan) -> None:
         if layer.name not in paired_dst:
             plan.unfilled += [layer.key(r) for r in layer.params if layer.key(r) not in filled and r not in BOOKKEEPING
                               and not _kept(plan, layer, r)]
+
+
+def _fold_biases(plan: Plan) -> None:
+    """The map's ``fold``: a conv/dense bias the destination has no tensor for, folded into the BatchNorm after it.
+
+    ``BN(conv(x) + b)`` is ``BN'(conv(x))`` with ``running_mean' = running_mean - b``: exact, so the
+    bias is carried instead of dropped, and reported as a transform. Whether the BatchNorm takes the
+    layer's output directly (no activation between) no weights file records, so the map says so;
+    the plan checks that the next layers on both sides are paired BatchNorms.
+    """
+    if not plan.mapping.fold:
+        return
+    src_next = dict(zip(plan.src.layers, list(plan.src.layers)[1:]))
+    dst_next = dict(zip(plan.dst.layers, list(plan.dst.layers)[1:]))
+    bn_copies = {(p.source, p.destinations[0]): {t.destination: t for t in p.tensors}
+                 for p in plan.pairs if len(p.destinations) == 1}
+    for pair in [p for p in plan.pairs if len(p.destinations) == 1 and p.source in plan.src.layers]:
+        src, dst = plan.src[pair.source], plan.dst[pair.destinations[0]]
+        bias = src.key("bias")
+        if bias not in plan.dropped or "bias" in dst.params or not _any_glob(bias, plan.mapping.fold):
+            continue
+        nxt_src, nxt_dst = src_next.get(src.name), dst_next.get(dst.name)
+        copies = bn_copies.get((nxt_src, nxt_dst)) or {}
+        mean = copies.get(f"{nxt_dst}.running_mean")
+        if (mean is None or plan.src[nxt_src].kind != "batch_norm" or plan.dst[nxt_dst].kind != "batch_norm"
+                or mean.shape != src.params["bias"].shape):
+            raise PlanError(f"fold {bias!r}: the layers after {src.name} and {dst.name} are not a paired BatchNorm "
+                            f"({nxt_src} -> {nxt_dst}); only a bias feeding a BatchNorm directly can be folded")
+        note = f"{mean.transform}, minus {bias} (its bias folded in: exact)"
+        mean.param = lazy.difference(mean.param, src.params["bias"], note)
+        mean.transform, mean.sources = note, (*mean.sources, bias)
+        plan.dropped.remove(bias)
+        plan.warnings = [w for w in plan.warnings if not w.startswith(f"{bias}: has no destination")]
 
 
 def _any_glob(name: str, entries: list) -> bool:
