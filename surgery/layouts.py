@@ -276,3 +276,19 @@ def rows(start: int, stop: int) -> Transform:
 def row(index: int) -> Transform:
     """Row ``index`` of the first axis, dropping that axis (Keras GRU bias ``(2, 3H)`` -> ``(3H,)``)."""
     return _wrap(f"row {index}", lambda a: a[index], lambda s: tuple(s[1:]))
+
+
+def input_channels(channels: int) -> Transform:
+    """A conv weight ``(O, I, *k)`` made to read ``channels`` input channels, as timm's ``adapt_input_conv`` does.
+
+    One channel: the sum over the input channels (a grey image is R = G = B). More:
+    the weights repeated cyclically, scaled by ``I / channels`` so the activations
+    keep their magnitude.
+    """
+    def apply(a: np.ndarray) -> np.ndarray:
+        if channels == 1:
+            return a.sum(axis=1, keepdims=True)
+        repeats = -(-channels // a.shape[1])
+        return np.concatenate([a] * repeats, axis=1)[:, :channels] * (a.shape[1] / channels)
+
+    return _wrap(f"input channels -> {channels} (adapted)", apply, lambda s: (s[0], channels, *s[2:]))

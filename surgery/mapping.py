@@ -19,7 +19,7 @@ import yaml
 from .errors import MapError
 
 KEYS = ("version", "match", "rename", "layers", "merge", "tensors", "skip", "keep", "freeze", "fold", "on_mismatch",
-        "flatten")
+        "flatten", "adapt_input")
 MATCH = ("name", "shape", "none")
 ON_MISMATCH = ("error", "skip", "slice")
 FLATTEN_KEYS = ("shape", "source_order", "dest_order")
@@ -48,6 +48,7 @@ class Mapping:
     keep: list[MapValue] = field(default_factory=list)
     freeze: list[MapValue] = field(default_factory=list)
     fold: list[MapValue] = field(default_factory=list)    # source biases folded into the BatchNorm after their layer
+    adapt_input: list[MapValue] = field(default_factory=list)  # destination convs whose input channels differ (globs)
     on_mismatch: str = "error"
     flatten: dict[str, MapValue] = field(default_factory=dict)     # source layer -> MapValue({shape, source_order, dest_order})
 
@@ -111,7 +112,8 @@ class Mapping:
         """Every explicit name and every glob must match a layer (``skip``/``keep``: or a tensor) of the right graph."""
         src, dst = list(src_names), list(dst_names)
         self.expand_patterns(src, dst)
-        tensors = {"skip": src + list(src_keys), "keep": dst + list(dst_keys), "freeze": dst, "fold": list(src_keys)}
+        tensors = {"skip": src + list(src_keys), "keep": dst + list(dst_keys), "freeze": dst, "fold": list(src_keys),
+                   "adapt_input": dst}
         src_set, dst_set = set(src), set(dst)
         for name, entry in self.layers.items():
             if name not in src_set:
@@ -126,7 +128,7 @@ class Mapping:
                 if part not in src_set:
                     raise self.error(entry.line, f"merge: source layer {part!r} does not exist{_close(part, src)}")
         for section, names, side in (("skip", src, "source"), ("keep", dst, "destination"), ("freeze", dst, "destination"),
-                                     ("fold", src, "source tensor")):
+                                     ("fold", src, "source tensor"), ("adapt_input", dst, "destination")):
             for entry in getattr(self, section):
                 if section == "freeze" and entry.value.startswith(UP_TO):
                     if entry.value[len(UP_TO):] not in dst:
@@ -156,7 +158,7 @@ class Mapping:
             out["merge"] = {d: e.value for d, e in self.merge.items()}
         if self.tensors:
             out["tensors"] = {s: e.value for s, e in self.tensors.items()}
-        for section in ("skip", "keep", "freeze", "fold"):
+        for section in ("skip", "keep", "freeze", "fold", "adapt_input"):
             if getattr(self, section):
                 out[section] = [e.value for e in getattr(self, section)]
         out["on_mismatch"] = self.on_mismatch
@@ -243,7 +245,7 @@ def _build(data: dict, lines: dict, source: str) -> Mapping:
     m.layers = _layers(m, data.get("layers") or {}, lines)
     m.merge = _merge(m, data.get("merge") or {}, lines)
     m.tensors = _tensor_pairs(m, data.get("tensors") or {}, lines)
-    for section in ("skip", "keep", "freeze", "fold"):
+    for section in ("skip", "keep", "freeze", "fold", "adapt_input"):
         setattr(m, section, _globs(m, section, data.get(section) or [], lines))
     m.flatten = _flatten(m, data.get("flatten") or {}, lines)
     return m

@@ -418,6 +418,12 @@ def _mismatch(plan: Plan, problem: str) -> None:
 
 def _tensor_copy(plan: Plan, dst_key: str, dst_param: Param, fed: adapters.Feed) -> TensorCopy | None:
     param, transform = fed.param, fed.transform
+    layer_name = dst_key.rpartition(".")[0]
+    if (param.shape != dst_param.shape and dst_key.endswith(".weight") and len(param.shape) >= 3
+            and param.shape[0] == dst_param.shape[0] and param.shape[2:] == dst_param.shape[2:]
+            and _any_glob(layer_name, plan.mapping.adapt_input)):
+        adapt = layouts.input_channels(dst_param.shape[1])
+        param, transform = param.derived(adapt), f"{transform}, {adapt.name}"
     if param.shape != dst_param.shape:
         if plan.mapping.on_mismatch != "slice" or len(param.shape) != len(dst_param.shape):
             _mismatch(plan, f"{', '.join(fed.sources)} {list(param.shape)} -> {dst_key} {list(dst_param.shape)}: shapes differ")

@@ -54,3 +54,34 @@ def test_data_formats_move_channels_and_back():
     assert nhwc[1, 2, 3, 0] == nchw[1, 0, 2, 3]
     assert np.array_equal(to_data_format(nhwc, "channels_last", "channels_first"), nchw)
     assert to_data_format(nchw, "channels_first", None) is nchw  # an unknown side: nothing moves
+
+
+def test_input_channel_adaptation_as_timm_does_it():
+    torch = pytest.importorskip("torch")
+    from surgery.layouts import input_channels
+
+    rgb = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    grey_image = np.random.default_rng(1).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    conv = lambda w, x: torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w)).numpy()  # noqa: E731
+    # a grey image through the summed weights = the same image as R = G = B through the RGB weights
+    np.testing.assert_allclose(conv(input_channels(1)(rgb), grey_image), conv(rgb, np.repeat(grey_image, 3, 1)),
+                               rtol=1e-5, atol=1e-5)
+    four = input_channels(4)(rgb)
+    assert four.shape == (4, 4, 3, 3) == input_channels(4).shape(rgb.shape)
+    np.testing.assert_allclose(four[:, 3], rgb[:, 0] * 3 / 4)   # repeated cyclically, rescaled
+
+
+def test_adapt_input_in_the_map():
+    import surgery
+    from surgery.graph import LayerGraph, Param
+    from surgery.kinds import graph_of_params
+
+    rgb = np.random.default_rng(2).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    src = graph_of_params({"conv1.weight": Param.from_array(rgb, key="conv1.weight")})
+    dst = graph_of_params({"conv1.weight": Param.from_array(np.zeros((4, 1, 3, 3), np.float32), key="conv1.weight")})
+    with pytest.raises(surgery.PlanError, match="shapes differ"):
+        surgery.plan(src, dst)
+    out = surgery.transplant(src, dst, {"adapt_input": ["conv1"]})
+    np.testing.assert_allclose(out.graph["conv1"].params["weight"].read(), rgb.sum(1, keepdims=True))
+    assert "input channels -> 1 (adapted)" in out.plan.pairs[0].tensors[0].transform
+    assert isinstance(src, LayerGraph)
