@@ -19,7 +19,7 @@ import yaml
 from .errors import MapError
 
 KEYS = ("version", "match", "rename", "layers", "merge", "tensors", "skip", "keep", "freeze", "fold", "on_mismatch",
-        "flatten", "adapt_input")
+        "flatten", "adapt_input", "labels")
 MATCH = ("name", "shape", "none")
 ON_MISMATCH = ("error", "skip", "slice")
 FLATTEN_KEYS = ("shape", "source_order", "dest_order")
@@ -49,6 +49,7 @@ class Mapping:
     freeze: list[MapValue] = field(default_factory=list)
     fold: list[MapValue] = field(default_factory=list)    # source biases folded into the BatchNorm after their layer
     adapt_input: list[MapValue] = field(default_factory=list)  # destination convs whose input channels differ (globs)
+    labels: MapValue | None = None   # {layer, source, dest}: class rows copied by label, read from the two lists
     on_mismatch: str = "error"
     flatten: dict[str, MapValue] = field(default_factory=dict)     # source layer -> MapValue({shape, source_order, dest_order})
 
@@ -144,6 +145,9 @@ class Mapping:
             if entry.value not in dst_tensors:
                 raise self.error(entry.line, f"tensors: destination tensor {entry.value!r} does not exist"
                                              f"{_close(entry.value, sorted(dst_tensors))}")
+        if self.labels is not None and self.labels.value["layer"] not in dst_set:
+            layer = self.labels.value["layer"]
+            raise self.error(self.labels.line, f"labels: destination layer {layer!r} does not exist{_close(layer, dst)}")
         for name, entry in self.flatten.items():
             if name not in src_set:
                 raise self.error(entry.line, f"flatten: source layer {name!r} does not exist{_close(name, src)}")
@@ -248,7 +252,31 @@ def _build(data: dict, lines: dict, source: str) -> Mapping:
     for section in ("skip", "keep", "freeze", "fold", "adapt_input"):
         setattr(m, section, _globs(m, section, data.get(section) or [], lines))
     m.flatten = _flatten(m, data.get("flatten") or {}, lines)
+    if data.get("labels") is not None:
+        m.labels = _labels(m, data["labels"], lines)
     return m
+
+
+def _labels(m: Mapping, spec: Any, lines: dict) -> MapValue:
+    """``labels: {layer: fc, source: classes_src.txt, dest: classes_dst.txt}``: one class name a line.
+
+    The files are read now (relative to the map's folder), so a missing one is a map error.
+    """
+    line = lines.get("labels", 0)
+    if not isinstance(spec, dict) or set(spec) != {"layer", "source", "dest"}:
+        raise m.error(line, "labels: needs exactly layer (the destination head), source and dest (class list files)")
+    folder = os.path.dirname(os.path.abspath(m.source)) if m.source != "<map>" else os.getcwd()
+    names = {}
+    for side in ("source", "dest"):
+        path = os.path.join(folder, str(spec[side]))
+        try:
+            with open(path, encoding="utf-8") as f:
+                names[side] = [c.strip() for c in f.read().splitlines() if c.strip()]
+        except OSError as e:
+            raise m.error(line, f"labels: cannot read the {side} class list {path} ({e.strerror})") from None
+        if len(set(names[side])) != len(names[side]):
+            raise m.error(line, f"labels: the {side} class list {path} names a class twice")
+    return MapValue({"layer": str(spec["layer"]), **names}, line)
 
 
 def _choice(m: Mapping, data: dict, lines: dict, key: str, allowed: tuple, default: str) -> str:

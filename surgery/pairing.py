@@ -424,6 +424,9 @@ def _tensor_copy(plan: Plan, dst_key: str, dst_param: Param, fed: adapters.Feed)
             and _any_glob(layer_name, plan.mapping.adapt_input)):
         adapt = layouts.input_channels(dst_param.shape[1])
         param, transform = param.derived(adapt), f"{transform}, {adapt.name}"
+    labels = plan.mapping.labels
+    if labels is not None and layer_name == labels.value["layer"]:
+        param, transform = _by_label(plan, dst_key, param, dst_param, labels.value), f"{transform}, rows by class label"
     if param.shape != dst_param.shape:
         if plan.mapping.on_mismatch != "slice" or len(param.shape) != len(dst_param.shape):
             _mismatch(plan, f"{', '.join(fed.sources)} {list(param.shape)} -> {dst_key} {list(dst_param.shape)}: shapes differ")
@@ -437,6 +440,28 @@ def _tensor_copy(plan: Plan, dst_key: str, dst_param: Param, fed: adapters.Feed)
     ident = ("copy", fed.param.ident, transform) if fed.param.ident is not None else None
     final = Param(param.shape, param.dtype, param.read, key=dst_key, layout=transform, ident=ident)
     return TensorCopy(dst_key, fed.sources, transform, fed.param.shape, dst_param.shape, final)
+
+
+def _by_label(plan: Plan, dst_key: str, src: Param, dst: Param, labels: dict) -> Param:
+    """The rows (first axis) of the classes both lists name, in the destination's order; the rest as initialised."""
+    source, dest = labels["source"], labels["dest"]
+    if src.shape[0] != len(source) or dst.shape[0] != len(dest):
+        raise PlanError(f"labels: {dst_key} has {dst.shape[0]} rows and its source {src.shape[0]}, but the class lists "
+                        f"name {len(dest)} and {len(source)} classes")
+    at = {name: i for i, name in enumerate(source)}
+    pairs = [(i, at[name]) for i, name in enumerate(dest) if name in at]
+    new = [name for name in dest if name not in at]
+    if new:
+        shown = ", ".join(new[:8]) + (f" (+{len(new) - 8} more)" if len(new) > 8 else "")
+        plan.warnings.append(f"{dst_key}: {len(new)} classes the source does not know are left as initialised: {shown}")
+    rows_to, rows_from = np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64)
+
+    def load() -> np.ndarray:
+        out = np.array(dst.read(), copy=True)
+        out[rows_to] = src.read()[rows_from].astype(out.dtype)
+        return out
+
+    return Param(dst.shape, dst.dtype, load, key=src.key)
 
 
 def _pasted(src: Param, dst: Param) -> Param:

@@ -212,3 +212,23 @@ def test_one_tensor_each_side_of_one_shape_pairs_whatever_the_role_names():
     dst = graph(**{"basis.weight": (8, 1, 4)})
     plan = surgery.plan(src, dst)
     assert plan.strict_ok and "the only tensor on each side: forward_basis_buffer -> weight" in plan.pairs[0].tensors[0].transform
+
+
+def test_label_maps_copy_the_rows_of_shared_classes_in_the_destination_order(tmp_path):
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    src = graph_of_params({"fc.weight": Param.from_array(w, key="fc.weight"), "fc.bias": Param.from_array(b, key="fc.bias")})
+    dst = graph_of_params({"head.weight": Param.from_array(np.zeros((4, 4), np.float32), key="head.weight"),
+                           "head.bias": Param.from_array(np.zeros(4, np.float32), key="head.bias")})
+    (tmp_path / "src.txt").write_text("cat\ndog\nbird\n")
+    (tmp_path / "dst.txt").write_text("dog\nfish\ncat\nbird\n")
+    (tmp_path / "map.yaml").write_text("version: 1\nlayers: {fc: head}\n"
+                                       "labels: {layer: head, source: src.txt, dest: dst.txt}\n")
+    result = surgery.transplant(src, dst, str(tmp_path / "map.yaml"))
+    out_w, out_b = (result.graph["head"].params[r].read() for r in ("weight", "bias"))
+    np.testing.assert_array_equal(out_w, np.stack([w[1], np.zeros(4), w[0], w[2]]))
+    np.testing.assert_array_equal(out_b, [b[1], 0, b[0], b[2]])
+    assert any("1 classes the source does not know are left as initialised: fish" in x for x in result.plan.warnings)
+    (tmp_path / "map.yaml").write_text("version: 1\nlabels: {layer: head, source: nope.txt, dest: dst.txt}\n")
+    with pytest.raises(MapError, match=r"map.yaml:2: labels: cannot read the source class list"):
+        surgery.plan(src, dst, str(tmp_path / "map.yaml"))
