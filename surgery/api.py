@@ -11,7 +11,8 @@ from .io import refuse_overwrite
 from .compare import DiffReport, diff as _diff
 from .errors import SurgeryError
 from .graph import LayerGraph
-from .pairing import Plan, StrictError, make_plan
+from .pairing import make_plan
+from .plans import Plan, StrictError
 
 Source = "str | os.PathLike | LayerGraph"
 

@@ -23,7 +23,8 @@ from .errors import SurgeryError
 from .graph import Layer, LayerGraph
 from .io import atomic_path, progress, refuse_overwrite, sha256_file
 from .stream import streamed
-from .pairing import Plan, StrictError, make_plan
+from .pairing import make_plan
+from .plans import Plan, StrictError
 
 
 @dataclass

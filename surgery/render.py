@@ -12,7 +12,7 @@ import re
 
 if TYPE_CHECKING:
     from .graph import LayerGraph
-    from .pairing import Plan
+    from .plans import Plan
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, indent: str = "", rule: bool = True) -> str:
