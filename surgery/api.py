@@ -17,7 +17,8 @@ from .plans import Plan, StrictError
 Source = "str | os.PathLike | LayerGraph"
 
 
-def load(path: "str | os.PathLike | LayerGraph", *, unsafe_pickle: bool = False, format: str | None = None) -> LayerGraph:
+def load(path: "str | os.PathLike | LayerGraph", *, unsafe_pickle: bool = False, format: str | None = None,
+         allow_globals: Iterable[str] = ()) -> LayerGraph:
     """Read any checkpoint into a lazy LayerGraph (headers only).
 
     Example:
@@ -27,7 +28,9 @@ def load(path: "str | os.PathLike | LayerGraph", *, unsafe_pickle: bool = False,
     """
     if isinstance(path, LayerGraph):
         return path
-    options = {"unsafe_pickle": True} if unsafe_pickle else {}
+    options: dict[str, Any] = {"unsafe_pickle": True} if unsafe_pickle else {}
+    if allow_globals:
+        options["allow_globals"] = list(allow_globals)  # PyTorch pickles only; other readers ignore it
     return formats.read(path, format=format, **options)
 
 

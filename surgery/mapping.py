@@ -204,13 +204,38 @@ def load_map(spec: "str | os.PathLike | dict | Mapping | None") -> Mapping:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise MapError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise MapError(f"{path}{line}: not valid YAML ({' '.join(str(problem).split())})") from None
     if root is None:
         return Mapping(source=path)
+    _refuse_tags(root, path)
     if not isinstance(root, yaml.MappingNode):
         raise MapError(f"{path}:{root.start_mark.line + 1}: the map must be a mapping of keys (version, match, ...)")
     data, lines = _plain(root, path)
     return _build(data, lines, path)
+
+
+_PLAIN_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+               "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", "tag:yaml.org,2002:seq",
+               "tag:yaml.org,2002:map")
+
+
+def _refuse_tags(root: yaml.Node, path: str) -> None:
+    """Refuse any tag beyond plain data (``!!python/object`` ...): a map names layers, never objects."""
+    seen: set[int] = set()  # aliases share nodes: visit each once, so a billion-laughs map stays cheap
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.tag not in _PLAIN_TAGS:
+            raise MapError(f"{path}:{node.start_mark.line + 1}: the tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} "
+                           "is not allowed; a map holds only strings, numbers, lists and mappings")
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            todo.extend(n for pair in node.value for n in pair)
 
 
 def _plain(node: yaml.MappingNode, path: str) -> tuple[dict, dict]:

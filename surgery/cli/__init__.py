@@ -50,9 +50,25 @@ def _emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-unsafe_option = click.option(
+_unsafe_flag = click.option(
     "--unsafe-pickle", is_flag=True,
     help="DANGEROUS: let PyTorch pickles run code (torch.load weights_only=False). Only for files you trust.")
+
+
+def _admit(ctx: click.Context, param: click.Parameter, names: tuple[str, ...]) -> None:
+    from ..formats.torch import state_dict
+
+    state_dict.ALLOWED_GLOBALS.update(names)
+
+
+_allow_global = click.option(
+    "--allow-global", "allow_global", multiple=True, metavar="MODULE.NAME", expose_value=False, callback=_admit,
+    help="Let a PyTorch pickle build this harmless class (e.g. argparse.Namespace); repeatable. Runs nothing else.")
+
+
+def unsafe_option(f: Any) -> Any:
+    """--unsafe-pickle and --allow-global, for every command that reads checkpoints."""
+    return _unsafe_flag(_allow_global(f))
 
 
 @cli.command()

@@ -10,10 +10,13 @@ back on write, so a replaced checkpoint still loads where the old one did.
 
 from __future__ import annotations
 
+import importlib
+import io
 import os
 import pickle
+import pickletools
 import zipfile
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 
 from ... import dtypes
@@ -27,6 +30,10 @@ from .common import dtype_name, is_code_member, storage_ident, to_numpy
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_ema", "ema")
 PREFIXES = ("module.", "_orig_mod.")
+# Classes admitted by the command line's --allow-global for this process (the API passes allow_globals).
+ALLOWED_GLOBALS: set[str] = set()
+# torch's own rebuild functions and storages are admitted by weights_only already: never worth naming.
+_TORCH_OWN = ("torch.", "collections.OrderedDict", "_codecs.encode")
 # The first bytes of a legacy (pre-1.6) torch.save: protocol 2, then the magic number as a long.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
@@ -44,9 +51,13 @@ def sniff(path: str) -> bool:
     return head == _LEGACY_MAGIC or path.lower().endswith(SUFFIXES)
 
 
-def read(path: str, *, unsafe_pickle: bool = False, **_: Any) -> LayerGraph:
-    """Read a state_dict lazily (``mmap``) without running pickled code unless ``unsafe_pickle``."""
-    obj = _load(path, unsafe_pickle)
+def read(path: str, *, unsafe_pickle: bool = False, allow_globals: Iterable[str] = (), **_: Any) -> LayerGraph:
+    """Read a state_dict lazily (``mmap``) without running pickled code unless ``unsafe_pickle``.
+
+    ``allow_globals`` names classes (``"argparse.Namespace"``) the pickle may build, as
+    ``torch.serialization.add_safe_globals`` does; nothing else in the file runs.
+    """
+    obj = _load(path, unsafe_pickle, tuple(allow_globals) + tuple(ALLOWED_GLOBALS))
     state, wrapper = _find_state(path, obj)
     notes = []
     if wrapper:
@@ -66,22 +77,76 @@ def read(path: str, *, unsafe_pickle: bool = False, **_: Any) -> LayerGraph:
     return graph
 
 
-def _load(path: str, unsafe_pickle: bool) -> Any:
+def _load(path: str, unsafe_pickle: bool, allowed: tuple[str, ...] = ()) -> Any:
     import torch
 
     mmap = zipfile.is_zipfile(path)
+    admitted = [_resolve(path, name) for name in allowed]
     try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle, mmap=mmap)
+        with torch.serialization.safe_globals(admitted):
+            return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Weights only" in str(e):
-            reason = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "it holds Python objects")
+            asked = [g for g in pickle_globals(path) if g not in allowed and not g.startswith(_TORCH_OWN)]
+            named = ", ".join(asked[:8]) or "Python objects"
             raise UnsafePickleError(
-                f"{path}: refused to unpickle: {reason}. This would run code from the file; "
-                "if you trust it, rerun with --unsafe-pickle (dangerous)") from None
+                f"{path}: refused to unpickle: it asks for {named}, and building them could run code from the file; "
+                "admit a harmless class with --allow-global NAME, or if you trust the file, "
+                "rerun with --unsafe-pickle (dangerous)") from None
         raise fail(path, f"not a readable PyTorch checkpoint ({e})") from None
     except Exception as e:  # torch raises RuntimeError, EOFError, ValueError... for damaged files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise fail(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from None
+
+
+def _resolve(path: str, name: str) -> Any:
+    """The class named ``module.Name`` by the user (never by the file) for ``safe_globals``."""
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise fail(path, f"--allow-global {name}: no such class (give it as module.Name)") from None
+
+
+def pickle_globals(path: str) -> list[str]:
+    """The ``module.name`` globals a pickle asks for, found by reading its opcodes; nothing is run."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                member = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(member) if member else b""
+        else:
+            with open(path, "rb") as f:
+                data = f.read(64 << 20)  # legacy: the pickles come first; tensor bytes follow
+    except (OSError, zipfile.BadZipFile):
+        return []
+    found: list[str] = []
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):  # a legacy file is several pickles in a row
+        try:
+            _scan(stream, found)
+        except Exception:  # noqa: BLE001 - damaged or trailing tensor bytes: report what was found so far
+            break
+    return list(dict.fromkeys(found))
+
+
+def _scan(stream: io.BytesIO, found: list[str]) -> None:
+    """Add the globals of one pickle in ``stream`` to ``found`` (STACK_GLOBAL takes the last two strings)."""
+    strings: list[str] = []
+    memo: dict[int, str] = {}
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name == "GLOBAL":
+            found.append(arg.replace(" ", ".", 1))
+        elif isinstance(arg, str) and "UNICODE" in op.name or op.name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
+            strings.append(str(arg))
+        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+            memo[int(arg)] = strings[-1]
+        elif op.name == "MEMOIZE" and strings:
+            memo[len(memo)] = strings[-1]
+        elif op.name in ("BINGET", "LONG_BINGET", "GET") and int(arg) in memo:
+            strings.append(memo[int(arg)])
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            found.append(f"{strings[-2]}.{strings[-1]}")
 
 
 def _is_tensor_map(obj: Any) -> bool:
