@@ -36,6 +36,7 @@ FORMATS: dict[str, str] = {
     "torch": "surgery.formats.torch.state_dict",
     "tf_checkpoint": "surgery.formats.tf.checkpoint",
     "saved_model": "surgery.formats.tf.saved_model",
+    "dcp": "surgery.formats.torch.dcp",
     "folder": "surgery.formats.folder",
     "onnx": "surgery.formats.onnx.model",
 }

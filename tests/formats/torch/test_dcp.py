@@ -1,0 +1,117 @@
+"""PyTorch Distributed Checkpoint folders: read tensor by tensor, against torch.distributed.checkpoint's own load."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+
+import surgery
+from surgery.errors import FormatError
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+
+
+def _save(state: dict, folder) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # no process group: DCP says it saves as one rank
+        dcp.save(state, checkpoint_id=str(folder))
+
+
+def _oracle(folder, like: dict) -> dict:
+    out = {k: torch.empty_like(v) if isinstance(v, torch.Tensor) else v for k, v in like.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(out, checkpoint_id=str(folder))
+    return out
+
+
+def test_a_plain_state_dict_key_by_key(tmp_path):
+    state = _net().state_dict()
+    _save(state, tmp_path / "ckpt")
+    graph = surgery.load(tmp_path / "ckpt")
+    assert graph.format == "dcp"
+    expected = _oracle(tmp_path / "ckpt", state)
+    ours = graph.state()
+    assert set(ours) == set(expected)
+    for key, tensor in expected.items():
+        np.testing.assert_array_equal(ours[key].read(), tensor.numpy(), err_msg=key)
+
+
+def test_a_trainer_checkpoint_keeps_the_model_and_names_the_rest(tmp_path):
+    net = _net()
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(4, 4)).sum().backward()
+    opt.step()
+    _save({"model": net.state_dict(), "optim": opt.state_dict(), "step": 3}, tmp_path / "ckpt")
+    graph = surgery.load(tmp_path / "ckpt")
+    assert set(graph.state()) == set(net.state_dict())
+    assert all(k.startswith("optim.state.") for k in graph.left_out) and len(graph.left_out) == 3 * 6
+    meta = dcp.FileSystemReader(str(tmp_path / "ckpt")).read_metadata()
+    tensors = {k for k, m in meta.state_dict_metadata.items() if hasattr(m, "chunks")}
+    assert {f"model.{k}" for k in graph.state()} | set(graph.left_out) == tensors  # every tensor accounted for
+    # transplanted into a plain PyTorch checkpoint, the network computes what it computed
+    fresh = _net()
+    torch.save(fresh.state_dict(), tmp_path / "fresh.pt")
+    surgery.transplant(tmp_path / "ckpt", tmp_path / "fresh.pt", output=tmp_path / "out.pt")
+    fresh.load_state_dict(torch.load(tmp_path / "out.pt", weights_only=True))
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), net.eval()(x))
+
+
+def test_a_tensor_in_chunks_across_files_is_assembled(tmp_path):
+    """Two ranks' shards of one tensor (rows 0-2 and 3-5), laid out as DCP writes them; torch's own load agrees."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
+                                                       TensorProperties, TensorStorageMetadata)
+
+    full = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    chunks, storage = [], {}
+    for rank, rows in enumerate((slice(0, 3), slice(3, 6))):
+        buffer = io.BytesIO()
+        torch.save(full[rows].clone(), buffer)
+        (folder / f"__{rank}_0.distcp").write_bytes(buffer.getvalue())
+        offsets = torch.Size([rows.start, 0])
+        chunks.append(ChunkStorageMetadata(offsets=offsets, sizes=torch.Size([3, 4])))
+        storage[MetadataIndex("w.weight", offsets, rank)] = _StorageInfo(f"__{rank}_0.distcp", 0, len(buffer.getvalue()))
+    meta = Metadata({"w.weight": TensorStorageMetadata(TensorProperties(dtype=torch.float32), full.shape, chunks)},
+                    storage_data=storage)
+    (folder / ".metadata").write_bytes(pickle.dumps(meta))
+    np.testing.assert_array_equal(surgery.load(folder)["w"].params["weight"].read(), full.numpy())
+    assert torch.equal(_oracle(folder, {"w.weight": torch.zeros(6, 4)})["w.weight"], full)
+
+
+def test_metadata_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / ".metadata").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(FormatError, match=r"\.metadata: not a readable DCP metadata file .*system is not a DCP"):
+        surgery.load(folder)
+    assert not marker.exists()
+
+
+def test_writing_dcp_is_refused_clearly(tmp_path):
+    _save(_net().state_dict(), tmp_path / "ckpt")
+    from surgery import formats
+
+    with pytest.raises(FormatError, match="writing a PyTorch Distributed Checkpoint is not supported yet"):
+        formats.module("dcp").write(surgery.load(tmp_path / "ckpt"), str(tmp_path / "out"))
