@@ -115,3 +115,18 @@ def test_writing_dcp_is_refused_clearly(tmp_path):
 
     with pytest.raises(FormatError, match="writing a PyTorch Distributed Checkpoint is not supported yet"):
         formats.module("dcp").write(surgery.load(tmp_path / "ckpt"), str(tmp_path / "out"))
+
+
+def test_dcp_to_sharded_safetensors_with_the_standard_index(run, tmp_path):
+    from safetensors.numpy import load_file
+
+    state = _net().state_dict()
+    _save({"model": state, "step": 7}, tmp_path / "step-1000")
+    (tmp_path / "hf").mkdir()
+    result = run("convert", tmp_path / "step-1000", tmp_path / "hf" / "model.safetensors", "--max-shard-size", "100B")
+    assert result.exit_code == 0, result.stderr
+    index = __import__("json").loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(state) and len(set(index["weight_map"].values())) > 1
+    for key, tensor in state.items():
+        shard = load_file(str(tmp_path / "hf" / index["weight_map"][key]))
+        np.testing.assert_array_equal(shard[key], tensor.numpy(), err_msg=key)
