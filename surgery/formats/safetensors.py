@@ -67,9 +67,11 @@ def read_header(path: str) -> tuple[dict[str, dict], dict[str, str], int]:
             raise fail(path, f"header length {length} runs past the end of the {size}-byte file (truncated?)")
         raw = f.read(length)
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise fail(path, f"header is not valid JSON ({e})") from None
+    except _Duplicate as e:
+        raise fail(path, f"header names tensor {e.args[0]!r} twice (which one is meant cannot be known)") from None
     if not isinstance(header, dict):
         raise fail(path, "header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -120,6 +122,20 @@ def _read_file(path: str) -> tuple[dict[str, Param], dict[str, str]]:
             key=name, ident=(os.path.realpath(path), begin),
         )
     return params, metadata
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are unique: ``json`` alone keeps the last of two, silently."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
 
 
 def _read_index(path: str) -> tuple[dict[str, Param], dict[str, str]]:

@@ -1,0 +1,201 @@
+"""Make the hostile-input corpus under ``tests/hostile/corpus/`` (run: ``python tests/hostile/make_corpus.py``).
+
+Each file is a small bad checkpoint or map derived from a valid fixture or
+written byte by byte; ``cases.py`` says which command reads it and what one-line
+message it must give. Everything is deterministic; the files total a few MB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import struct
+import sys
+import zipfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+OUT = pathlib.Path(__file__).resolve().parent / "corpus"
+FIX = ROOT / "fixtures"
+MARKER = "/tmp/surgery-hostile-marker"  # the malicious pickles would create it
+
+
+def st(header: dict | bytes, data: bytes = b"", length: int | None = None) -> bytes:
+    """A safetensors file from a header (dict or raw bytes), its data, and an optional lying length."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw) if length is None else length) + raw + data
+
+
+def make_safetensors() -> None:
+    good = {"l.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
+    files = {
+        "st_truncated_data.safetensors": st(good, b"\0" * 8),
+        "st_truncated_header.safetensors": st(good)[:20],
+        "st_header_len_2_63.safetensors": st(good, b"\0" * 16, length=2**63),
+        "st_header_not_json.safetensors": st(b"{not json at all" + b" " * 8, b""),
+        "st_offsets_past_end.safetensors": st({"l.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 1 << 40]}}, b"\0" * 16),
+        "st_overlap.safetensors": st({"a.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                                      "b.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [8, 24]}}, b"\0" * 24),
+        "st_shape_bytes_mismatch.safetensors": st({"l.weight": {"dtype": "F32", "shape": [3, 3], "data_offsets": [0, 16]}}, b"\0" * 16),
+        "st_unknown_dtype.safetensors": st({"l.weight": {"dtype": "F99", "shape": [2, 2], "data_offsets": [0, 16]}}, b"\0" * 16),
+        "st_duplicate_names.safetensors": st(b'{"l.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},'
+                                             b'"l.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}', b"\0" * 16),
+        "st_negative_shape.safetensors": st({"l.weight": {"dtype": "F32", "shape": [-2, -2], "data_offsets": [0, 16]}}, b"\0" * 16),
+        "st_float_shape.safetensors": st({"l.weight": {"dtype": "F32", "shape": [2.5, 2], "data_offsets": [0, 16]}}, b"\0" * 16),
+        "st_gigantic_shape.safetensors": st({"l.weight": {"dtype": "F32", "shape": [1 << 40, 1 << 40], "data_offsets": [0, 16]}}, b"\0" * 16),
+        "st_header_not_object.safetensors": st(b"[1, 2, 3]  ", b""),
+        "st_empty.safetensors": b"",
+    }
+    for name, data in files.items():
+        (OUT / name).write_bytes(data)
+    for name, shard in (("st_index_missing_shard", "model-00002.safetensors"), ("st_index_outside", "../../etc/passwd")):
+        folder = OUT / name
+        folder.mkdir()
+        (folder / "model-00001.safetensors").write_bytes(st(good, b"\0" * 16))
+        index = {"metadata": {}, "weight_map": {"l.weight": "model-00001.safetensors", "m.weight": shard}}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+class Evil:
+    """Unpickling this runs ``touch MARKER``: the corpus proves it never happens."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+def make_torch() -> None:
+    import torch
+
+    torch.save({"l.weight": torch.ones(2, 2), "evil": Evil()}, OUT / "pt_evil_zip.pt")
+    torch.save({"l.weight": torch.ones(2, 2), "evil": Evil()}, OUT / "pt_evil_legacy.pt", _use_new_zipfile_serialization=False)
+    src = FIX / "torch" / "cnn_source.pt"
+    with zipfile.ZipFile(src) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    def rezip(name: str, edit) -> None:
+        with zipfile.ZipFile(OUT / name, "w") as z:
+            for member, data in members.items():
+                data = edit(member, data)
+                if data is not None:
+                    z.writestr(member, data)
+    rezip("pt_no_data_pkl.pt", lambda m, d: None if m.endswith("data.pkl") else d)
+    rezip("pt_storage_short.pt", lambda m, d: d[:3] if "/data/" in m and not m.endswith(".pkl") else d)
+    (OUT / "pt_truncated.pt").write_bytes(src.read_bytes()[:700])
+    (OUT / "pt_legacy_truncated.pt").write_bytes((FIX / "torch" / "legacy.pt").read_bytes()[:100])
+    script = FIX / "torchscript" / "tiny.ts"
+    with zipfile.ZipFile(script) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    with zipfile.ZipFile(OUT / "ts_corrupt_code.ts", "w") as z:
+        for member, data in members.items():
+            z.writestr(member, b"def forward(self x):\n  return !!\n" if "/code/" in member and member.endswith(".py") else data)
+
+
+def make_keras() -> None:
+    weights = (FIX / "keras" / "vgg.weights.h5").read_bytes()
+    (OUT / "h5_truncated.weights.h5").write_bytes(weights[: len(weights) // 2])
+    (OUT / "h5_garbage.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\xff" * 600)
+    with zipfile.ZipFile(FIX / "keras" / "vgg.keras") as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    config = json.loads(members["config.json"])
+    lam = json.loads(json.dumps(config))
+    lam["config"]["layers"].append({"module": "keras.layers", "class_name": "Lambda", "name": "evil",
+                                    "config": {"name": "evil", "function": {"class_name": "__lambda__",
+                                               "config": {"code": "4wEAAAAAAAAA", "defaults": None, "closure": None}}}})
+    custom = json.loads(json.dumps(config))
+    custom["config"]["layers"][-1]["module"] = "mymodule.evil"
+    custom["config"]["layers"][-1]["class_name"] = "Backdoor"
+    for name, cfg in (("keras_lambda.keras", lam), ("keras_custom_object.keras", custom)):
+        with zipfile.ZipFile(OUT / name, "w", zipfile.ZIP_DEFLATED) as z:
+            for member, data in members.items():
+                z.writestr(member, json.dumps(cfg) if member == "config.json" else data)
+    with zipfile.ZipFile(OUT / "keras_zip_bomb.keras", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("metadata.json", members["metadata.json"])
+        z.writestr("config.json", b" " * (1 << 30) + b"{}")  # 1 GB of spaces: ~1 MB compressed
+        z.writestr("model.weights.h5", members["model.weights.h5"])
+    with zipfile.ZipFile(OUT / "keras_config_not_json.keras", "w") as z:
+        for member, data in members.items():
+            z.writestr(member, b"{{{" if member == "config.json" else data)
+
+
+def make_tf() -> None:
+    for name, keep in (("tf_no_data", False), ("tf_short_data", True)):
+        folder = OUT / name
+        folder.mkdir()
+        shutil.copy(FIX / "tf" / "tf2" / "ckpt.index", folder / "ckpt.index")
+        if keep:
+            data = (FIX / "tf" / "tf2" / "ckpt.data-00000-of-00001").read_bytes()
+            (folder / "ckpt.data-00000-of-00001").write_bytes(data[: len(data) // 3])
+    (OUT / "tf_index_garbage").mkdir()
+    (OUT / "tf_index_garbage" / "ckpt.index").write_bytes(b"\x00garbage" * 40)
+
+
+def make_onnx() -> None:
+    import onnx
+    from onnx import numpy_helper
+    import numpy as np
+
+    raw = (FIX / "onnx" / "dense.onnx").read_bytes()
+    (OUT / "onnx_truncated.onnx").write_bytes(raw[: len(raw) // 2])
+    model = onnx.load(FIX / "onnx" / "dense.onnx")
+    def external(name: str, location: str, offset: int = 0, length: int | None = None) -> None:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        init = m.graph.initializer[0]
+        size = int(np.prod(init.dims)) * 4
+        init.ClearField("raw_data"); init.ClearField("float_data")
+        init.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(length or size))):
+            entry = init.external_data.add()
+            entry.key, entry.value = key, value
+        (OUT / name).mkdir(exist_ok=True)
+        onnx.save(m, OUT / name / "model.onnx")
+    external("onnx_ext_dotdot", "../../etc/passwd")
+    external("onnx_ext_absolute", "/etc/passwd")
+    external("onnx_ext_symlink", "weights.bin")
+    os.symlink("/etc/passwd", OUT / "onnx_ext_symlink" / "weights.bin")
+    external("onnx_ext_past_end", "weights.bin", offset=0, length=1 << 30)
+    (OUT / "onnx_ext_past_end" / "weights.bin").write_bytes(b"\0" * 64)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    init = m.graph.initializer[0]
+    init.dims[0] = init.dims[0] * 1000
+    onnx.save(m, OUT / "onnx_dims_disagree.onnx")
+
+
+MAPS = {
+    "map_yaml_syntax.yaml": "rename:\n  a: [b\n",
+    "map_yaml_tab.yaml": "rename:\n  a: b\n\t c: d\n",
+    "map_python_object.yaml": f'rename: !!python/object/apply:os.system ["touch {MARKER}"]\n',
+    "map_set_tag.yaml": "freeze: !!set {a: null}\n",
+    "map_not_mapping.yaml": "- a\n- b\n",
+    "map_unknown_key.yaml": "renames:\n  a: b\n",
+    "map_bad_version.yaml": "version: 7\n",
+    "map_bad_match.yaml": "match: telepathy\n",
+    "map_bad_regex.yaml": "rename:\n  \"([\": x\n",
+    "map_duplicate_key.yaml": "rename:\n  a: b\n  a: c\n",
+    "map_twice_top.yaml": "freeze: [a]\nfreeze: [b]\n",
+    "map_rename_not_mapping.yaml": "rename: [a, b]\n",
+    "map_bad_on_mismatch.yaml": "on_mismatch: shrug\n",
+    "map_layers_unknown_src.yaml": "layers:\n  nosuch.layer: l\n",
+}
+
+
+def make_maps() -> None:
+    for name, text in MAPS.items():
+        (OUT / name).write_text(text)
+
+
+def main() -> None:
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir()
+    make_safetensors()
+    make_maps()
+    make_torch()
+    make_keras()
+    make_onnx()
+    make_tf()
+    print(f"{sum(1 for _ in OUT.iterdir())} corpus entries in {OUT}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
