@@ -70,28 +70,8 @@ class Mapping:
         ``merge``: a regex over destination layer names, its parts source templates
         (``'blocks\\.(\\d+)\\.attn': ['layer.\\1.q', 'layer.\\1.k', 'layer.\\1.v', 'layer.\\1.o']``).
         """
-        layers: dict[str, MapValue] = {}
-        for key, entry in self.layers.items():
-            if not is_pattern(key):
-                layers[key] = entry
-                continue
-            found = [(name, match) for name in src if (match := full_match(key, name, self, entry.line))]
-            if not found:
-                raise self.error(entry.line, f"layers: pattern {key!r} matches no source layer")
-            for name, match in found:
-                if name in layers:
-                    raise self.error(entry.line, f"layers: source layer {name!r} is paired twice (pattern {key!r})")
-                layers[name] = MapValue([match.expand(d) for d in entry.value], entry.line)
-        merge: dict[str, MapValue] = {}
-        for key, entry in self.merge.items():
-            if not is_pattern(key):
-                merge[key] = entry
-                continue
-            found = [(name, match) for name in dst if (match := full_match(key, name, self, entry.line))]
-            if not found:
-                raise self.error(entry.line, f"merge: pattern {key!r} matches no destination layer")
-            for name, match in found:
-                merge[name] = MapValue([match.expand(p) for p in entry.value], entry.line)
+        layers = self._expanded("layers", self.layers, src, "source")
+        merge = self._expanded("merge", self.merge, dst, "destination")
         taken: dict[str, str] = {}
         for name, entry in layers.items():
             for d in entry.value:
@@ -100,6 +80,22 @@ class Mapping:
                                                  f"(also for {taken.get(d) or 'merge'!r})")
                 taken[d] = name
         self.layers, self.merge = layers, merge
+
+    def _expanded(self, section: str, entries: dict[str, MapValue], names: list[str], side: str) -> dict[str, MapValue]:
+        """One section with each pattern key replaced by the names it matches, their templates filled in."""
+        out: dict[str, MapValue] = {}
+        for key, entry in entries.items():
+            if not is_pattern(key):
+                out[key] = entry
+                continue
+            found = [(name, match) for name in names if (match := full_match(key, name, self, entry.line))]
+            if not found:
+                raise self.error(entry.line, f"{section}: pattern {key!r} matches no {side} layer")
+            for name, match in found:
+                if name in out:
+                    raise self.error(entry.line, f"{section}: {side} layer {name!r} is paired twice (pattern {key!r})")
+                out[name] = MapValue([match.expand(t) for t in entry.value], entry.line)
+        return out
 
     def check_names(self, src_names: Iterable[str], dst_names: Iterable[str], src_keys: Iterable[str] = (),
                     dst_keys: Iterable[str] = ()) -> None:
