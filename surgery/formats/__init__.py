@@ -93,6 +93,8 @@ def for_output(path: str | os.PathLike, *, like: str | None = None) -> str:
     """
     path = os.fspath(path)
     lowered = path.lower()
+    if path.endswith(("/", os.sep)) or (os.path.isdir(path) and os.path.isfile(os.path.join(path, ".metadata"))):
+        return "dcp"   # a folder named as a folder (trailing slash), or an existing DCP folder
     for name in FORMATS:
         if any(lowered.endswith(s) for s in module(name).SUFFIXES):
             return like if like and ALSO_WRITTEN_AS.get(like) == name else name

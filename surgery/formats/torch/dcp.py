@@ -9,8 +9,9 @@ loaded with ``weights_only=True`` from its byte range, so memory stays near one 
 Own code where torch's would not do: ``FileSystemReader.read_metadata`` unpickles
 ``.metadata`` with plain ``pickle`` (a file from elsewhere could run code), so it is
 read here with an unpickler that admits only the checkpoint's own metadata classes;
-and ``torch.distributed.checkpoint.load`` fills a whole state_dict at once. Writing
-DCP is not supported yet (refused with a clear message).
+and ``torch.distributed.checkpoint.load`` fills a whole state_dict at once. Writing is
+done here too, streamed (``write``), in the layout ``torch.distributed.checkpoint.load``
+reads back.
 
 Trainer checkpoints nest the model under ``model`` (``model.layer.weight``); the rest
 (``optim``/``optimizer`` state, ``lr_scheduler``, ``dataloader``, step counters) is
@@ -142,7 +143,67 @@ def _read_chunk(path: str, offset: int, length: int, fqn: str) -> np.ndarray:
     return to_numpy(tensor)
 
 
-def write(graph: LayerGraph, path: str, **options: Any) -> None:
-    """Writing DCP is not supported yet: refused, naming the formats that are."""
-    raise fail(options.get("target") or path, "writing a PyTorch Distributed Checkpoint is not supported yet; "
-                                              "write .safetensors (sharded with --max-shard-size) or .pt")
+MULTI_FILE = True   # a folder: written beside the target, then renamed over it
+
+
+def write(graph: LayerGraph, path: str, **_: Any) -> None:
+    """Write the graph as a DCP folder that ``torch.distributed.checkpoint.load`` reads into a model's state_dict.
+
+    One process writes one data file, ``__0_0.distcp``: each tensor one ``torch.save`` record appended
+    in turn (one tensor in memory at a time), then ``.metadata``. Keys are the canonical state_dict
+    names, at the top level (load into ``model.state_dict()``). The folder appears only when complete.
+    """
+    import shutil
+    import tempfile
+
+    target = path.rstrip("/\\")
+    parent = os.path.dirname(os.path.abspath(target))
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)   # mkdtemp's 0700 is for the temporary name, not the checkpoint
+    try:
+        _write_into(graph, tmp, target)
+        old = None
+        if os.path.exists(target):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old.", dir=parent)
+            os.rename(target, os.path.join(old, "previous"))
+        os.rename(tmp, target)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_into(graph: LayerGraph, folder: str, target: str) -> None:
+    import torch
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
+                                                       TensorProperties, TensorStorageMetadata)
+
+    from ...io import fsync_path
+    from .common import to_tensor
+
+    entries, storage, planner = {}, {}, {}
+    data_name = "__0_0.distcp"
+    with open(os.path.join(folder, data_name), "wb") as f:
+        for key, param in graph.tensors():
+            tensor = to_tensor(param.read())
+            buffer = io.BytesIO()
+            torch.save(tensor, buffer)
+            offset = f.tell()
+            f.write(buffer.getbuffer())
+            origin = torch.Size([0] * tensor.dim())
+            entries[key] = TensorStorageMetadata(TensorProperties(dtype=tensor.dtype), tensor.shape,
+                                                 [ChunkStorageMetadata(offsets=origin, sizes=tensor.shape)])
+            storage[MetadataIndex(key, origin, 0)] = _StorageInfo(data_name, offset, f.tell() - offset)
+            planner[key] = (key,)
+        f.flush()
+        os.fsync(f.fileno())
+    meta = Metadata(entries, planner_data=planner, storage_data=storage)
+    with open(os.path.join(folder, METADATA), "wb") as f:
+        pickle.dump(meta, f)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_path(folder)

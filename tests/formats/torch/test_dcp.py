@@ -109,12 +109,23 @@ def test_metadata_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_writing_dcp_is_refused_clearly(tmp_path):
-    _save(_net().state_dict(), tmp_path / "ckpt")
-    from surgery import formats
+def test_written_dcp_loads_with_torch_own_load(run, tmp_path):
+    """A safetensors file (as a Hugging Face folder holds) into a DCP folder, read back by dcp.load and by surgery."""
+    from safetensors.torch import save_file
 
-    with pytest.raises(FormatError, match="writing a PyTorch Distributed Checkpoint is not supported yet"):
-        formats.module("dcp").write(surgery.load(tmp_path / "ckpt"), str(tmp_path / "out"))
+    state = {k: v.contiguous() for k, v in _net().state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    result = run("convert", tmp_path / "model.safetensors", f"{tmp_path / 'ckpt'}/")
+    assert result.exit_code == 0, result.stderr
+    loaded = _oracle(tmp_path / "ckpt", state)
+    for key, tensor in state.items():
+        assert torch.equal(loaded[key], tensor), key
+    back = surgery.load(tmp_path / "ckpt").state()
+    assert set(back) == set(state) and all(np.array_equal(back[k].read(), state[k].numpy()) for k in state)
+    # written again over itself: replaced whole, never half-written
+    assert run("convert", tmp_path / "model.safetensors", tmp_path / "ckpt").exit_code == 0
+    assert sorted(os.listdir(tmp_path / "ckpt")) == [".metadata", "__0_0.distcp"]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".ckpt")]
 
 
 def test_dcp_to_sharded_safetensors_with_the_standard_index(run, tmp_path):
