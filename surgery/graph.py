@@ -124,7 +124,7 @@ class Layer:
         ``gamma``/``beta`` (Keras ``scale=False``) still pairs with PyTorch's.
         """
         kind = KIND_ALIASES.get(self.kind, self.kind)
-        roles = ("running_mean", "running_var") if kind == "batch_norm" else tuple(self.params)
+        roles = ("running_mean", "running_var") if kind == "batch_norm" else sorted(self.params)  # not storage order
         return (kind, tuple((r, self.params[r].shape) for r in roles if r in self.params and r not in BOOKKEEPING))
 
 

@@ -22,7 +22,7 @@ from .map_sections import (MapValue, full_match, is_pattern, parse_flatten, pars
 
 KEYS = ("version", "match", "rename", "layers", "merge", "tensors", "skip", "keep", "freeze", "fold", "on_mismatch",
         "flatten", "adapt_input", "labels")
-MATCH = ("name", "shape", "none")
+MATCH = ("name", "shape", "auto", "none")
 ON_MISMATCH = ("error", "skip", "slice")
 UP_TO = ".."   # `freeze: ["..layer3"]`: every destination layer up to and including layer3, in graph order
 

@@ -1,4 +1,4 @@
-"""Pairing two graphs: explicit pairs, names after rename, shape alignment.
+"""Pairing two graphs: explicit pairs, names after rename, then structure and shapes (``matching.py``).
 
 ``make_plan`` reads headers only. It returns a ``Plan`` that records, for every
 destination tensor, where its value comes from, why the pair was made and which
@@ -11,9 +11,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Iterable
 
-import numpy as np
-
-from . import adapters, settings
+from . import adapters, matching, settings
 from .errors import PlanError
 from .graph import BOOKKEEPING, KIND_ALIASES, Layer, LayerGraph
 from .kinds import NORM_KINDS
@@ -38,7 +36,7 @@ def make_plan(src: LayerGraph, dst: LayerGraph, mapping: Any = None, *, freeze: 
     plan = Plan(src, dst, m)
     plan.skipped = [n for n in src.layers if any_glob(n, m.skip)]
     plan.kept = [n for n in dst.layers if any_glob(n, m.keep)]
-    order = {name: i for i, name in enumerate(src.layers)}
+    order = {name: i for i, name in enumerate(matching.storage_order(src, list(src.layers)))}
     for source, dsts, rule in sorted(_pairings(plan), key=lambda p: order[_first_part(plan, p[0])]):
         _add_pair(plan, source, dsts, rule)
     add_tensor_pairs(plan)
@@ -83,7 +81,7 @@ def _pairings(plan: Plan) -> list[tuple[str, list[str], str]]:
         out.append((merged.name, [dst_name], f"merged (map line {e.line})" if e.line else "merged"))
     taken_src = set(m.layers) | set(plan.skipped) | {n for e in m.merge.values() for n in e.value}
     taken_dst = {d for e in m.layers.values() for d in e.value} | set(m.merge) | set(plan.kept)
-    if m.match == "name":
+    if m.match in ("name", "auto"):
         by_name = {_one_spelling(n): n for n in dst.layers if n not in taken_dst}
         for name in src.layers:
             if name in taken_src:
@@ -93,44 +91,12 @@ def _pairings(plan: Plan) -> list[tuple[str, list[str], str]]:
             if target is not None:
                 rule = "name" if not patterns else "name after rename " + ", ".join(f"`{p}`" for p in patterns)
                 out.append((name, [target], rule))
-    elif m.match == "shape":
+    if m.match in ("shape", "auto"):
+        taken_src |= {s for s, _, _ in out}
         taken_dst |= {d for _, ds, _ in out for d in ds}
-        out += align_by_shape(plan, [n for n in src.layers if n not in taken_src],
+        out += matching.align(plan, [n for n in src.layers if n not in taken_src],
                               [n for n in dst.layers if n not in taken_dst])
     return out
-
-
-def align_by_shape(plan: Plan, src_names: list[str], dst_names: list[str]) -> list[tuple[str, list[str], str]]:
-    """Pair layers in order by kind and canonical shapes, with a longest-common-subsequence alignment.
-
-    An inserted or removed layer on either side does not shift the pairs after
-    it. Where a signature occurs more than once on either side, the pairs among
-    those layers rest on the order the files store them in: each is a decision
-    (``plan.ambiguous``) unless the two names agree, and the map's ``layers`` settles it.
-    """
-    a = [plan.src[n].signature() for n in src_names]
-    b = [plan.dst[n].signature() for n in dst_names]
-    table = np.zeros((len(a) + 1, len(b) + 1), dtype=np.int64)
-    for i in range(len(a) - 1, -1, -1):
-        for j in range(len(b) - 1, -1, -1):
-            table[i, j] = table[i + 1, j + 1] + 1 if a[i] == b[j] else max(table[i + 1, j], table[i, j + 1])
-    pairs, i, j = [], 0, 0
-    while i < len(a) and j < len(b):
-        if a[i] == b[j]:
-            shapes = ", ".join(str(p) for _, p in a[i][1])
-            pairs.append((src_names[i], [dst_names[j]], f"shape {a[i][0]} {shapes}"))
-            i, j = i + 1, j + 1
-        elif table[i + 1, j] >= table[i, j + 1]:
-            i += 1
-        else:
-            j += 1
-    for source, (dst,), _ in pairs:
-        sig = plan.src[source].signature()
-        if (a.count(sig) > 1 or b.count(sig) > 1) and _one_spelling(source) != _one_spelling(dst):
-            plan.ambiguous.append(Decision(
-                f"{source} -> {dst}: paired by storage order among {a.count(sig)} source and {b.count(sig)} "
-                f"destination {sig[0]} layers of the same shapes; confirm under `layers`", layers={source: dst}))
-    return pairs
 
 
 def _first_part(plan: Plan, name: str) -> str:

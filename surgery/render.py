@@ -139,10 +139,15 @@ def plan_yaml(plan: "Plan") -> str:
     if plan.mapping.rename:
         lines.append("rename:")
         lines += [f"  {_scalar(p.pattern)}: {_scalar(r)}" for p, r, _ in plan.mapping.rename]
-    lines.append("layers:" if plan.pairs else "layers: {}")
-    for pair in plan.pairs:
+    plain = [p for p in plan.pairs if p.source not in plan.merged]
+    merged = [p for p in plan.pairs if p.source in plan.merged]
+    lines.append("layers:" if plain else "layers: {}")
+    for pair in plain:
         dst = pair.destinations[0] if len(pair.destinations) == 1 else pair.destinations
         lines.append(f"  {_scalar(pair.source)}: {_scalar(dst)}  # {pair.rule}")
+    if merged:
+        lines.append("merge:")
+        lines += [f"  {_scalar(p.destinations[0])}: {_scalar(p.parts)}  # {p.rule}" for p in merged]
     for title, items in (("skip", plan.skipped), ("keep", plan.kept), ("freeze", plan.frozen)):
         if items:
             lines.append(f"{title}:")

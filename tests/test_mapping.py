@@ -40,7 +40,7 @@ def test_a_full_map_loads(tmp_path):
 @pytest.mark.parametrize("text,problem", [
     ("version: 1\nmatch: name\ncolour: red\n", r"map.yaml:3: unknown key 'colour'"),
     ("version: 2\n", r"map.yaml:1: version 2 is not supported"),
-    ("match: fuzzy\n", r"map.yaml:1: match: 'fuzzy' is not one of name, shape, none"),
+    ("match: fuzzy\n", r"map.yaml:1: match: 'fuzzy' is not one of name, shape, auto, none"),
     ("on_mismatch: pad\n", r"map.yaml:1: on_mismatch: 'pad' is not one of"),
     ("rename:\n  \"(unclosed\": x\n", r"map.yaml:2: rename: bad regex '\(unclosed'"),
     ("rename:\n  \"^a\": \"b\\\\2\"\n", r"map.yaml:2: rename: replacement .* refers to group 2"),

@@ -94,8 +94,8 @@ def inspect(ckpt: str, as_json: bool, tensors: bool, unsafe_pickle: bool) -> Non
 @cli.command("map")
 @click.argument("src", type=click.Path())
 @click.argument("dst", type=click.Path())
-@click.option("--match", type=click.Choice(["name", "shape"]), default="name", show_default=True,
-              help="How to pair layers the map does not name.")
+@click.option("--match", type=click.Choice(["auto", "name", "shape"]), default="auto", show_default=True,
+              help="How to pair layers the map does not name: auto tries names, then structure and shapes.")
 @click.option("--map", "mapping", type=click.Path(), help="Start from this map (its rename rules, pairs...).")
 @click.option("-o", "--output", type=click.Path(), help="Write the proposed map here instead of stdout.")
 @unsafe_option
@@ -120,7 +120,7 @@ def map_command(src: str, dst: str, match: str, mapping: str | None, output: str
 @click.argument("dst", type=click.Path())
 @click.option("--map", "mapping", type=click.Path(), help="map.yaml: rename rules, explicit pairs, skip/keep/freeze.")
 @click.option("-o", "--output", type=click.Path(), help="Output file (default: DST, replaced atomically).")
-@click.option("--match", type=click.Choice(["name", "shape", "none"]), help="Override the map's `match`.")
+@click.option("--match", type=click.Choice(["name", "shape", "auto", "none"]), help="Override the map's `match`.")
 @click.option("--freeze", multiple=True, metavar="GLOB", help="Mark destination layers frozen (repeatable).")
 @click.option("--allow-partial", is_flag=True,
               help="Accept every open decision at once (layers left as initialised, tensors copied nowhere, "

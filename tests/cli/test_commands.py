@@ -139,7 +139,7 @@ def test_onnx_external_data_outside_its_folder_is_bad_input(run, tmp_path):
 def test_a_proposed_map_with_nothing_paired_is_read_and_refused_not_accepted(run, tmp_path):
     proposed = tmp_path / "map.yaml"
     keras_vgg, port = ROOT / "fixtures" / "keras" / "vgg.h5", TORCH / "vgg_port.pt"
-    assert run("map", keras_vgg, port, "-o", proposed).exit_code == 0  # no name in common
+    assert run("map", keras_vgg, port, "--match", "name", "-o", proposed).exit_code == 0  # no name in common
     text = proposed.read_text()
     assert "layers: {}" in text and "\nskip:" not in text and "# skip:" in text  # proposals stay comments
     result = run("transplant", keras_vgg, port, "--map", proposed, "-o", tmp_path / "out.pt")

@@ -73,12 +73,34 @@ def test_hf_folder_into_a_reimplementation_with_other_names(run, source, tmp_pat
 
 
 def test_hf_folder_into_a_reimplementation_by_shape_alone_asks(run, source, tmp_path):
-    """No name in common, q/k/v of equal shapes, a file stored in alphabetical order: never a silent guess."""
+    """No name in common, a file stored in alphabetical order: q/k/v settle by name, the LayerNorms are asked about."""
     folder, _, _ = source
     torch.save(bert.TinyBert().state_dict(), tmp_path / "tiny.pt")
     result = run("transplant", folder, tmp_path / "tiny.pt", "--match", "shape", "-o", tmp_path / "out.pt", "-q")
     assert result.exit_code == 1 and not (tmp_path / "out.pt").exists()
-    assert "blocks.0.attn.q" in result.stderr  # named as a decision (left as initialised, or paired by order)
+    assert "blocks.0.ln1" in result.stderr and "pooler.dense" in result.stderr  # two ln per block: which is which?
+    assert "blocks.0.attn.q" not in result.stderr  # settled by its name
+
+
+def test_the_proposed_map_is_complete_and_correct(run, source, tmp_path):
+    """`surgery map` into a re-implementation with other names: every pair says why; accepting it is right."""
+    folder, _, expected = source
+    torch.manual_seed(3)
+    tiny = bert.TinyBert()
+    torch.save(tiny.state_dict(), tmp_path / "tiny.pt")
+    result = run("map", folder, tmp_path / "tiny.pt", "-o", tmp_path / "map.yaml")
+    assert result.exit_code == 0, result.stderr
+    text = (tmp_path / "map.yaml").read_text()
+    for line in text.splitlines():
+        if line.startswith("  ") and ":" in line:
+            assert "  # " in line, f"a pair that does not say why: {line}"
+    assert "encoder.layer.1.attention.self.key: blocks.1.attn.k  # " in text
+    assert "#   - pooler.dense" in text  # TinyBert has no pooler: proposed, commented, for the user to accept
+    accepted = text.replace("# skip:", "skip:").replace("#   - pooler.dense", "  - pooler.dense")
+    (tmp_path / "map.yaml").write_text(accepted)
+    result = run("transplant", folder, tmp_path / "tiny.pt", "--map", tmp_path / "map.yaml", "-o", tmp_path / "out.pt", "-q")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    _judge(tiny, tmp_path / "out.pt", expected)
 
 
 @pytest.fixture(scope="module")

@@ -46,13 +46,30 @@ def test_keras_resnet_into_its_pytorch_port(run, saved, tmp_path, name):
     assert worst <= 1e-4
 
 
-def test_equal_shapes_declared_in_another_order_are_never_swapped(run, saved, tmp_path):
+def test_equal_shapes_declared_in_another_order_settle_by_name(run, saved, tmp_path):
+    """``b1_short`` and ``block.shortcut``: the shortcut's name tells it from the block's convs of its shape."""
+    folder, expected = saved
+    torch.manual_seed(2)
+    port = resnet.TorchResNet().eval()
+    torch.save(port.state_dict(), tmp_path / "port.pt")
+    result = run("transplant", folder / "resnet.keras", tmp_path / "port.pt", "--match", "shape",
+                 "-o", tmp_path / "out.pt", "-q")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    port.load_state_dict(torch.load(tmp_path / "out.pt", weights_only=True))
+    with torch.no_grad():
+        got = port(torch.from_numpy(X).permute(0, 3, 1, 2)).numpy()
+    assert float(np.abs(got - expected).max()) <= 1e-4
+
+
+def test_equal_shapes_no_name_tells_apart_are_never_swapped(run, saved, tmp_path):
+    """The port's shortcut renamed ``conv0``: three numbered convs against two and a shortcut; exit 1, asked."""
     folder, _ = saved
-    torch.save(resnet.TorchResNet().state_dict(), tmp_path / "port.pt")
+    state = {k.replace("block.shortcut", "block.conv0"): v for k, v in resnet.TorchResNet().state_dict().items()}
+    torch.save(state, tmp_path / "port.pt")
     result = run("transplant", folder / "resnet.keras", tmp_path / "port.pt", "--match", "shape",
                  "-o", tmp_path / "out.pt", "-q")
     assert result.exit_code == 1 and not (tmp_path / "out.pt").exists()
-    assert "paired by storage order" in result.stderr and "block.shortcut" in result.stderr
+    assert "paired by order" in result.stderr and "block.conv0" in result.stderr
 
 
 def test_pytorch_port_back_into_the_keras_resnet(run, saved, tmp_path, keras):

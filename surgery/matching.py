@@ -1,0 +1,234 @@
+"""Shape matching by structure: what ``match: shape`` does with the layers no name paired.
+
+Layers are grouped by signature (kind and canonical shapes). A signature held by
+one layer on each side pairs them. Where several layers share a signature, the
+pairs are settled by evidence that does not depend on the order a file stores
+its tensors in:
+
+1. numbered families: layers whose names differ only in their numbers
+   (``encoder.layer.3.attention.self.query``, ``blocks.3.attn.q``) form a family.
+   Two families of the same size pair member by member in the order of their
+   numbers, when the numbers line up slot by slot (``layer1.0.conv3`` and
+   ``conv2_block1_3_conv`` do; a shortcut numbered ``0`` on one side and ``4``
+   on the other does not);
+2. name similarity between families, in words that mean the same
+   (``query``/``q``/``q_proj``, ``LayerNorm``/``ln``/``norm``, ``dense``/``fc``):
+   a family pairs with the one it resembles most when that is mutual and unique;
+3. elimination: one family left on each side, of the same size.
+
+What is left is paired by a sequence alignment over each side's order, so that an
+inserted or removed layer does not shift the rest, and every such pair is a
+decision for the user (``plan.ambiguous``) unless the two names agree: equal
+shapes declared in different orders are the trap a matcher must not fall into.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .kinds import NORM_KINDS
+from .plans import Decision
+
+if TYPE_CHECKING:
+    from .graph import Layer, LayerGraph
+    from .plans import Plan
+
+Pairs = list[tuple[str, list[str], str]]
+
+# Words that name the same part in different codebases, each mapped to one spelling.
+_SAME = {
+    "query": ("q", "wq", "queries"), "key": ("k", "wk", "keys"), "value": ("v", "wv", "values"),
+    "out": ("o", "wo", "output", "outputs"), "norm": ("ln", "layernorm", "bn", "batchnorm", "normalization"),
+    "dense": ("fc", "linear", "lin"), "attention": ("attn", "att", "mha", "selfattention"),
+    "embed": ("embedding", "embeddings", "emb", "embeds"), "word": ("tok", "token", "tokens", "wte", "words"),
+    "position": ("pos", "wpe", "positional", "positions"), "type": ("segment", "types"),
+    "block": ("layer", "layers", "blocks", "h", "stage", "stages"), "head": ("classifier", "predictions", "logits"),
+    "shortcut": ("short", "downsample", "residual", "skip", "identity"), "mlp": ("ffn", "feedforward", "intermediate"),
+    "conv": ("convolution", "conv2d", "conv1d", "conv3d"), "encoder": ("enc",), "decoder": ("dec",),
+}
+_CANON = {alias: word for word, aliases in _SAME.items() for alias in (word, *aliases)}
+_GENERIC = {"block", "dense", "conv", "norm", "encoder", "decoder"}  # words of kinds and containers: alike, not telling
+_NOISE = {"self", "proj", "weight", "bias", "kernel", "module", "model", "vars", "the", "of"}
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[A-Z]+")
+
+
+def words(name: str) -> frozenset[str]:
+    """The words of a layer name, numbers left out, each in one spelling (``LayerNorm`` -> ``{norm}``)."""
+    out = set()
+    for part in re.split(r"[^A-Za-z]+", name):
+        whole = part.lower()
+        if whole in _CANON:
+            out.add(_CANON[whole])
+            continue
+        for w in _WORD.findall(part):
+            w = w.lower()
+            out.add(_CANON.get(w, w))
+    return frozenset(out - _NOISE)
+
+
+def template(name: str) -> str:
+    """The name with every number replaced by ``#``: the family a numbered layer belongs to."""
+    return re.sub(r"\d+", "#", name.replace("/", "."))
+
+
+def numbers(name: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", name))
+
+
+def storage_order(graph: "LayerGraph", names: list[str]) -> list[str]:
+    """``names`` in the graph's order, or in natural order when the file stores them sorted by name.
+
+    A sorted file (safetensors does that) says nothing about the network's order,
+    so numbered layers are at least put in the order of their numbers.
+    """
+    listed = [n for n in graph.layers if n in set(names)]
+    if len(listed) >= 3 and listed == sorted(listed):
+        return sorted(listed, key=lambda n: [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", n)])
+    return listed
+
+
+def align(plan: "Plan", src_names: list[str], dst_names: list[str]) -> Pairs:
+    """Pair ``src_names`` with ``dst_names`` by signature, then structure and names (module docstring)."""
+    src_order, dst_order = storage_order(plan.src, src_names), storage_order(plan.dst, dst_names)
+    groups: dict[tuple, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+    for name in src_order:
+        groups[_signature(plan.src[name])][0].append(name)
+    for name in dst_order:
+        sig = _signature(plan.dst[name])
+        if sig in groups:
+            groups[sig][1].append(name)
+    pairs: Pairs = []
+    for sig, (mine, theirs) in groups.items():
+        if theirs:
+            pairs += _settle(plan, sig, mine, theirs)
+    return pairs
+
+
+def _signature(layer: "Layer") -> tuple:
+    """Kind and canonical shapes, kinds a state_dict cannot tell apart taken as one.
+
+    A bias-less matrix is a dense layer or an embedding table, a lone weight and
+    bias a LayerNorm or an InstanceNorm; the pair's own kind check still runs.
+    """
+    kind, shapes = layer.signature()
+    if kind in ("dense", "embedding") and "bias" not in layer.params:
+        kind = "dense or embedding"
+    elif kind in NORM_KINDS:
+        kind = "norm"
+    return kind, shapes
+
+
+def _describe(sig: tuple) -> str:
+    """``dense (32, 64)``: the kind and its weight's shape (or every tensor's, for a layer without one)."""
+    shapes = dict(sig[1])
+    return f"{sig[0]} " + (str(shapes["weight"]) if "weight" in shapes else ", ".join(map(str, shapes.values())))
+
+
+def _settle(plan: "Plan", sig: tuple, mine: list[str], theirs: list[str]) -> Pairs:
+    shape = f"shape {_describe(sig)}"
+    if len(mine) == 1 and len(theirs) == 1:
+        return [(mine[0], [theirs[0]], shape)]
+    spelled = {_spelling(d): d for d in theirs}
+    pairs: Pairs = [(s, [spelled[_spelling(s)]], f"{shape}, the same name") for s in mine if _spelling(s) in spelled]
+    named = {s for s, _, _ in pairs} | {d for _, (d,), _ in pairs}
+    fam_a, fam_b = _families([n for n in mine if n not in named]), _families([n for n in theirs if n not in named])
+    for a, b, why in _pair_families(fam_a, fam_b):
+        members = zip(sorted(fam_a.pop(a), key=numbers), sorted(fam_b.pop(b), key=numbers))
+        pairs += [(s, [d], f"{shape}, {why}") for s, d in members]
+    rest_a = [n for n in mine if any(n in f for f in fam_a.values())]
+    rest_b = [n for n in theirs if any(n in f for f in fam_b.values())]
+    for s, d in zip(rest_a, rest_b):  # what no evidence settles: in each side's order, and asked about
+        pairs.append((s, [d], f"{shape}, by order among {len(rest_a)} and {len(rest_b)} alike: CHECK (or --probe)"))
+        plan.ambiguous.append(Decision(
+            f"{s} -> {d}: paired by order among {len(rest_a)} source and {len(rest_b)} destination "
+            f"{sig[0]} layers of the same shapes, which neither their numbers nor their names tell apart; "
+            "confirm under `layers` (or run with --probe)", layers={s: d}))
+    return pairs
+
+
+def _spelling(name: str) -> str:
+    """Keras nests with ``/``, PyTorch with ``.``: compare names in one spelling."""
+    return name.replace("/", ".")
+
+
+def _families(names: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for n in names:
+        out[template(n)].append(n)
+    return dict(out)
+
+
+def _pair_families(fam_a: dict[str, list[str]], fam_b: dict[str, list[str]]) -> list[tuple[str, str, str]]:
+    """Families that pair whole: the only ones, the mutual best by name, then the last ones left."""
+    found: list[tuple[str, str, str]] = []
+    left_a, left_b = dict(fam_a), dict(fam_b)
+
+    def take(a: str, b: str, why: str) -> None:
+        found.append((a, b, why))
+        del left_a[a], left_b[b]
+
+    if len(left_a) == 1 and len(left_b) == 1:
+        (a, ma), (b, mb) = next(iter(left_a.items())), next(iter(left_b.items()))
+        if _lined_up(ma, mb):
+            take(a, b, "numbered alike" if len(ma) > 1 else "the only ones")
+        return found
+    while True:
+        best = _mutual_best(left_a, left_b)
+        if best is None:
+            break
+        take(*best, f"names alike ({', '.join(sorted(words(best[0]) & words(best[1])))})")
+    if len(left_a) == 1 and len(left_b) == 1:
+        (a, ma), (b, mb) = next(iter(left_a.items())), next(iter(left_b.items()))
+        if _lined_up(ma, mb):
+            take(a, b, "the last ones left")
+    return found
+
+
+def _mutual_best(fam_a: dict[str, list[str]], fam_b: dict[str, list[str]]) -> tuple[str, str] | None:
+    """The pair of families of one size, most alike in words, each the other's unique best."""
+    a_keys, b_keys = list(fam_a), list(fam_b)
+    score = np.array([[_alike(a, b) if len(fam_a[a]) == len(fam_b[b]) and _lined_up(fam_a[a], fam_b[b])
+                       else -1 for b in b_keys] for a in a_keys]).reshape(len(a_keys), len(b_keys))
+    if score.size == 0 or score.max() < 10:
+        return None
+    for i, j in sorted(np.argwhere(score == score.max()).tolist()):
+        row, col = score[i], score[:, j]
+        if (row == row[j]).sum() == 1 and (col == col[i]).sum() == 1:
+            return a_keys[i], b_keys[j]
+    return None
+
+
+def _alike(a: str, b: str) -> int:
+    """Words two names share: ten points for each telling word (``query``, ``pooler``), one for each generic one."""
+    shared = words(a) & words(b)
+    return 10 * len(shared - _GENERIC) + len(shared & _GENERIC)
+
+
+def _lined_up(a: list[str], b: list[str]) -> bool:
+    """Two families whose members pair in the order of their numbers without doubt.
+
+    As many members on each side, no two members of a side with the same numbers;
+    where both sides carry as many numbers, each slot ranks its members alike and
+    the last numbers are equal: ``layer1.0.conv3`` pairs with ``conv2_block1_3_conv``,
+    but ``conv0, conv1, conv2`` with ``conv1, conv2, conv3`` is asked about (the
+    shortcut may be ``conv0`` on one side and ``conv3`` on the other).
+    """
+    if len(a) != len(b):
+        return False
+    na, nb = sorted(map(numbers, a)), sorted(map(numbers, b))
+    if len(set(na)) != len(na) or len(set(nb)) != len(nb):
+        return False
+    if len(na[0]) == len(nb[0]):  # the last number says where in a block: it must be the same number
+        return _ranked(na) == _ranked(nb) and (not na[0] or [v[-1] for v in na] == [v[-1] for v in nb])
+    return True
+
+
+def _ranked(vectors: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Each slot's numbers replaced by their rank among that slot's values (``conv2``..``conv5`` -> 0..3)."""
+    slots = [sorted(set(v[i] for v in vectors)) for i in range(len(vectors[0]))]
+    return [tuple(slots[i].index(x) for i, x in enumerate(v)) for v in vectors]
+
