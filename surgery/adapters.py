@@ -175,6 +175,18 @@ def attention_merge(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> d
     return feeds
 
 
+def dense_merge(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
+    """Dense layers stacked row-wise into one (``merge: {qkv: [q, k, v]}``): weights and biases concatenated."""
+    parts = getattr(src, "parts", None)
+    if not parts or len(dsts) != 1 or dsts[0].kind != "dense" or any(p.kind != "dense" for p in parts):
+        return None
+    dst, names = dsts[0], ", ".join(p.name for p in parts)
+    feeds = {(dst.name, "weight"): _joined(parts, "weight", f"rows of {names} stacked")}
+    if "bias" in dst.params and all("bias" in p.params for p in parts):
+        feeds[(dst.name, "bias")] = _joined(parts, "bias", f"biases of {names} stacked")
+    return feeds
+
+
 def _whole(layer: Layer, role: str) -> Feed:
     param = layer.params[role]
     return Feed(param, (layer.key(role),), param.layout or "identity")
@@ -287,7 +299,7 @@ def _flatten_sizes(src: Layer, dst: Layer, given: dict[str, Any], src_order: str
     return None
 
 
-ADAPTERS: list[Adapter] = [gru_variant, separable_split, separable_merge, attention_split, attention_merge,
+ADAPTERS: list[Adapter] = [gru_variant, separable_split, separable_merge, attention_split, attention_merge, dense_merge,
                            flatten_rows, batch_norm_fill, rnn_cell, by_role]
 
 

@@ -14,7 +14,8 @@ its tensors in:
 2. name similarity between families, in words that mean the same
    (``query``/``q``/``q_proj``, ``LayerNorm``/``ln``/``norm``, ``dense``/``fc``):
    a family pairs with the one it resembles most when that is mutual and unique;
-3. elimination: one family left on each side, of the same size.
+3. elimination: a family that only one family on the other side could pair with
+   (of its size, numbered alike), and it with no other.
 
 What is left is paired by a sequence alignment over each side's order, so that an
 inserted or removed layer does not shift the rest, and every such pair is a
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from .graph import Layer, LayerGraph
     from .plans import Plan
 
-Pairs = list[tuple[str, list[str], str]]
+Pairs = list[tuple[Any, list[str], str]]  # (source layer, or the parts of a merge; destinations; why)
 
 # Words that name the same part in different codebases, each mapped to one spelling.
 _SAME = {
@@ -92,8 +93,16 @@ def storage_order(graph: "LayerGraph", names: list[str]) -> list[str]:
 
 
 def align(plan: "Plan", src_names: list[str], dst_names: list[str]) -> Pairs:
-    """Pair ``src_names`` with ``dst_names`` by signature, then structure and names (module docstring)."""
+    """Pair ``src_names`` with ``dst_names`` by signature, then structure and names (module docstring).
+
+    A pair whose source is a list is a merge: q, k, v (and o) projections into one
+    fused destination layer (``in_proj``, ``qkv``).
+    """
     src_order, dst_order = storage_order(plan.src, src_names), storage_order(plan.dst, dst_names)
+    pairs = fused(plan, src_order, dst_order)
+    merged = {n for source, dsts, _ in pairs for n in [*source, *dsts]}
+    src_order = [n for n in src_order if n not in merged]
+    dst_order = [n for n in dst_order if n not in merged]
     groups: dict[tuple, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     for name in src_order:
         groups[_signature(plan.src[name])][0].append(name)
@@ -101,7 +110,6 @@ def align(plan: "Plan", src_names: list[str], dst_names: list[str]) -> Pairs:
         sig = _signature(plan.dst[name])
         if sig in groups:
             groups[sig][1].append(name)
-    pairs: Pairs = []
     for sig, (mine, theirs) in groups.items():
         if theirs:
             pairs += _settle(plan, sig, mine, theirs)
@@ -146,7 +154,7 @@ def _settle(plan: "Plan", sig: tuple, mine: list[str], theirs: list[str]) -> Pai
         plan.ambiguous.append(Decision(
             f"{s} -> {d}: paired by order among {len(rest_a)} source and {len(rest_b)} destination "
             f"{sig[0]} layers of the same shapes, which neither their numbers nor their names tell apart; "
-            "confirm under `layers` (or run with --probe)", layers={s: d}))
+            "confirm under `layers` (or run with --probe)", layers={s: d}, among=tuple(rest_a)))
     return pairs
 
 
@@ -181,11 +189,16 @@ def _pair_families(fam_a: dict[str, list[str]], fam_b: dict[str, list[str]]) -> 
         if best is None:
             break
         take(*best, f"names alike ({', '.join(sorted(words(best[0]) & words(best[1])))})")
-    if len(left_a) == 1 and len(left_b) == 1:
-        (a, ma), (b, mb) = next(iter(left_a.items())), next(iter(left_b.items()))
-        if _lined_up(ma, mb):
-            take(a, b, "the last ones left")
+    for a, b in _only_candidates(left_a, left_b):
+        take(a, b, "the only ones of their size" if len(left_a[a]) > 1 else "the only ones left")
     return found
+
+
+def _only_candidates(fam_a: dict[str, list[str]], fam_b: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Families that could pair with one family only, and it with them only (size, numbers)."""
+    fits = {(a, b) for a in fam_a for b in fam_b if _lined_up(fam_a[a], fam_b[b])}
+    return [(a, b) for a, b in sorted(fits)
+            if sum(x == a for x, _ in fits) == 1 and sum(y == b for _, y in fits) == 1]
 
 
 def _mutual_best(fam_a: dict[str, list[str]], fam_b: dict[str, list[str]]) -> tuple[str, str] | None:
@@ -232,3 +245,56 @@ def _ranked(vectors: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
     slots = [sorted(set(v[i] for v in vectors)) for i in range(len(vectors[0]))]
     return [tuple(slots[i].index(x) for i, x in enumerate(v)) for v in vectors]
 
+
+
+_QKV = ("query", "key", "value")
+
+
+def fused(plan: "Plan", src_names: list[str], dst_names: list[str]) -> Pairs:
+    """Separate q, k, v (and o) projections merged into the fused layers of the destination.
+
+    A destination ``nn.MultiheadAttention`` (``in_proj_weight``, ``out_proj``) takes the
+    four projections of one source block; a dense layer named ``qkv``/``in_proj`` with
+    three times the rows takes q, k and v. Blocks pair in the order of their numbers,
+    and every part's shape must fit.
+    """
+    targets = [d for d in dst_names if _fused_parts(plan.dst[d])]
+    if not targets:
+        return []
+    blocks: dict[tuple[int, ...], dict[str, str]] = defaultdict(dict)
+    for name in src_names:
+        layer = plan.src[name]
+        said = words(name) & {*_QKV, "out"}
+        if layer.kind == "dense" and len(said) == 1 and (said != {"out"} or "attention" in words(name)):
+            blocks[numbers(name)].setdefault(next(iter(said)), name)
+    blocks = {k: v for k, v in blocks.items() if set(_QKV) <= set(v)}
+    pairs: Pairs = []
+    by_number = sorted(targets, key=numbers)
+    if len(blocks) != len(by_number):
+        return []
+    for (number, block), target in zip(sorted(blocks.items()), by_number):
+        parts = [block[w] for w in _fused_parts(plan.dst[target]) if w in block]
+        if len(parts) != len(_fused_parts(plan.dst[target])) or not _fits(plan, parts, plan.dst[target]):
+            return []
+        said = "/".join(w for w in ("q", "k", "v", "o")[:len(parts)])
+        pairs.append((parts, [target], f"fused: {said} projections of source block {'.'.join(map(str, number))} "
+                                       "(names and block numbers)"))
+    return pairs
+
+
+def _fused_parts(layer: "Layer") -> tuple[str, ...]:
+    """The projections a fused layer holds, in its row order; none for any other layer."""
+    if layer.kind == "multi_head_attention" and "in_proj_weight" in layer.params and "out_proj.weight" in layer.params:
+        return (*_QKV, "out")
+    tokens = {t.lower() for t in re.split(r"[^A-Za-z]+", layer.name)}
+    if layer.kind == "dense" and ({"qkv", "in_proj"} & tokens or "in_proj" in layer.name) and \
+            layer.params["weight"].shape[0] % 3 == 0:
+        return _QKV
+    return ()
+
+
+def _fits(plan: "Plan", parts: list[str], target: "Layer") -> bool:
+    weights = [plan.src[p].params["weight"].shape for p in parts]
+    fused = target.params.get("in_proj_weight", target.params.get("weight"))
+    rows = sum(w[0] for w in weights[:3])
+    return fused is not None and all(len(w) == 2 and w[1] == fused.shape[1] for w in weights) and rows == fused.shape[0]

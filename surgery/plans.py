@@ -52,6 +52,7 @@ class Decision:
     message: str
     flatten: dict[str, Any] = field(default_factory=dict)   # source layer -> {shape, source_order, dest_order}
     layers: dict[str, str] = field(default_factory=dict)    # source layer -> destination layer
+    among: tuple[str, ...] = ()   # an ambiguous pair: every source layer the destination could take (for --probe)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Plan:
     frozen: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     merged: dict[str, Any] = field(default_factory=dict, repr=False)   # virtual source layers of `merge`
+    probed: list[Any] = field(default_factory=list)      # --probe's Evidence, question by question
 
     def source_layer(self, name: str) -> Layer:
         """A source layer by name, or the virtual layer a `merge` makes of several."""
@@ -109,7 +111,8 @@ class Plan:
                 "assumed": [d.message for d in self.assumed], "ambiguous": [d.message for d in self.ambiguous],
                 "decisions": self.decisions(), "allow_partial": self.allow_partial,
                 "kept": self.kept, "uncovered": self.uncovered, "frozen": self.frozen,
-                "warnings": self.warnings, "notes": {"source": self.src.notes, "destination": self.dst.notes}}
+                "warnings": self.warnings, "notes": {"source": self.src.notes, "destination": self.dst.notes},
+                "probe": [e.to_dict() for e in self.probed]}
 
     def to_yaml(self) -> str:
         from .render import plan_yaml

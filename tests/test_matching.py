@@ -165,3 +165,20 @@ def test_values_land_where_the_structure_says():
     out = surgery.transplant(src, dst, {"match": "shape"}).graph.state()
     for s, d in EXPECTED_VGG.items():
         assert np.array_equal(out[f"{d}.weight"].read(), src.state()[f"{s}.weight"].read()), (s, d)
+
+
+def test_separate_projections_merge_into_a_fused_one_block_for_block():
+    src = {f"layers.{i}.self_attn.{p}_proj.weight": (4, 4) for i in range(2) for p in "qkv"}
+    dst = {f"blocks.{i}.qkv.weight": (12, 4) for i in range(2)}
+    plan = surgery.plan(graph(**src), graph(**dst), {"match": "shape"})
+    assert {p.destinations[0]: p.parts for p in plan.pairs} == {
+        f"blocks.{i}.qkv": [f"layers.{i}.self_attn.{p}_proj" for p in "qkv"] for i in range(2)}
+    out = surgery.transplant(graph(**src), graph(**dst), {"match": "shape"}).graph.state()
+    stacked = np.concatenate([graph(**src).state()[f"layers.1.self_attn.{p}_proj.weight"].read() for p in "qkv"])
+    assert np.array_equal(out["blocks.1.qkv.weight"].read(), stacked)
+
+
+def test_no_fused_merge_where_the_rows_do_not_add_up():
+    src = {f"layers.0.self_attn.{p}_proj.weight": (4, 4) for p in "qkv"}
+    plan = surgery.plan(graph(**src), graph(**{"blocks.0.qkv.weight": (9, 4)}), {"match": "shape"})
+    assert plan.pairs == [] and plan.uncovered == ["blocks.0.qkv"]

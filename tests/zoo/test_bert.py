@@ -82,11 +82,12 @@ def test_hf_folder_into_a_reimplementation_by_shape_alone_asks(run, source, tmp_
     assert "blocks.0.attn.q" not in result.stderr  # settled by its name
 
 
-def test_the_proposed_map_is_complete_and_correct(run, source, tmp_path):
+@pytest.mark.parametrize("port", ["separate q/k/v", "nn.MultiheadAttention", "one qkv linear"])
+def test_the_proposed_map_is_complete_and_correct(run, source, tmp_path, port):
     """`surgery map` into a re-implementation with other names: every pair says why; accepting it is right."""
     folder, _, expected = source
     torch.manual_seed(3)
-    tiny = bert.TinyBert()
+    tiny = bert.TinyBert() if port == "separate q/k/v" else bert.FusedBert(mha=port == "nn.MultiheadAttention")
     torch.save(tiny.state_dict(), tmp_path / "tiny.pt")
     result = run("map", folder, tmp_path / "tiny.pt", "-o", tmp_path / "map.yaml")
     assert result.exit_code == 0, result.stderr
@@ -94,7 +95,9 @@ def test_the_proposed_map_is_complete_and_correct(run, source, tmp_path):
     for line in text.splitlines():
         if line.startswith("  ") and ":" in line:
             assert "  # " in line, f"a pair that does not say why: {line}"
-    assert "encoder.layer.1.attention.self.key: blocks.1.attn.k  # " in text
+    assert {"separate q/k/v": "encoder.layer.1.attention.self.key: blocks.1.attn.k  # ",
+            "nn.MultiheadAttention": "  blocks.1.attn: [encoder.layer.1.attention.self.query, ",
+            "one qkv linear": "  blocks.1.qkv: [encoder.layer.1.attention.self.query, "}[port] in text
     assert "#   - pooler.dense" in text  # TinyBert has no pooler: proposed, commented, for the user to accept
     accepted = text.replace("# skip:", "skip:").replace("#   - pooler.dense", "  - pooler.dense")
     (tmp_path / "map.yaml").write_text(accepted)
