@@ -94,8 +94,13 @@ def _pairings(plan: Plan) -> list[tuple[str, list[str], str]]:
     if m.match in ("shape", "auto"):
         taken_src |= {s for s, _, _ in out}
         taken_dst |= {d for _, ds, _ in out for d in ds}
-        out += matching.align(plan, [n for n in src.layers if n not in taken_src],
-                              [n for n in dst.layers if n not in taken_dst])
+        for source, dsts, rule in matching.align(plan, [n for n in src.layers if n not in taken_src],
+                                                 [n for n in dst.layers if n not in taken_dst]):
+            if isinstance(source, list):  # a merge the structure proposed
+                merged = adapters.MergedLayer([src[n] for n in source])
+                plan.merged[merged.name] = merged
+                source = merged.name
+            out.append((source, dsts, rule))
     return out
 
 
