@@ -49,7 +49,7 @@ def transplant(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str]
                match: str | None = None, unsafe_pickle: bool = False, output: "str | os.PathLike | None" = None,
                dry_run: bool = False, verify: bool = False, factory: str | None = None, input_shape: Any = None,
                max_shard_size: int | None = None, report: "str | os.PathLike | None" = None,
-               quiet: bool = True) -> Transplant:
+               quiet: bool = True, probe: bool = False) -> Transplant:
     """Plan and apply: the destination with the source's weights; written to ``output`` if given.
 
     Args:
@@ -63,6 +63,9 @@ def transplant(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str]
         verify: after writing, prove the output computes what ``src`` computed
             (``result.proof`` is the VerifyReport, also recorded in the sidecar).
         report: also write the report as JSON here, with a sha256 of each copied tensor.
+        probe: settle ambiguous pairs and assumed flatten orders by running both networks
+            layer by layer (the source from its file; the destination from its file or
+            ``factory``); the evidence goes into the report and the sidecar.
 
     Raises:
         StrictError: ``strict`` and the plan leaves a decision open; it carries the plan.
@@ -73,8 +76,21 @@ def transplant(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str]
     """
     if output is not None and not isinstance(src, LayerGraph):
         refuse_overwrite(src, output)  # before any work: the source is never written over
-    result = transplant_graphs(load(src, unsafe_pickle=unsafe_pickle), load(dst, unsafe_pickle=unsafe_pickle),
-                               mapping, freeze=freeze, strict=strict, match=match)
+    src_graph, dst_graph = load(src, unsafe_pickle=unsafe_pickle), load(dst, unsafe_pickle=unsafe_pickle)
+    evidence = []
+    if probe:
+        mapping, evidence = _probe(src_graph, dst_graph, mapping, factory=factory, input_shape=input_shape,
+                                   freeze=freeze, match=match)
+    try:
+        result = transplant_graphs(src_graph, dst_graph, mapping, freeze=freeze, strict=strict, match=match)
+    except StrictError as exc:
+        exc.plan.probed = evidence
+        raise
+    result.plan.probed = evidence
+    settled = {s: e for e in evidence for s in [*e.settled.get("layers", {}), *e.settled.get("flatten", {})]}
+    for pair in result.plan.pairs:
+        if pair.source in settled:
+            pair.rule = f"--probe: {settled[pair.source].summary()}"
     if dry_run or output is None:
         return result
     save(result, output, max_shard_size=max_shard_size, quiet=quiet, tensor_hashes=report is not None)
@@ -83,6 +99,13 @@ def transplant(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str]
     if report is not None:
         write_report(result, report)
     return result
+
+
+def _probe(src: LayerGraph, dst: LayerGraph, mapping: Any, **options: Any) -> tuple[Any, list]:
+    """The map with what running both networks settles (``proof/probe.py``), and the evidence."""
+    from .proof.probe import probe
+
+    return probe(src, dst, mapping, **options)
 
 
 def diff(a: Any, b: Any, *, unsafe_pickle: bool = False) -> DiffReport:

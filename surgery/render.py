@@ -78,6 +78,7 @@ def plan_text(plan: "Plan", warnings: list[str] | None = None) -> str:
     decided = "accepted with --allow-partial" if plan.allow_partial else "needs a decision"
     sections = (
         (decided, plan.decisions()),
+        ("settled by running both networks (--probe)", [e.line() for e in plan.probed]),
         ("check this", group_warnings(plan.warnings if warnings is None else warnings)),
         ("source layers and tensors skipped by the map", plan.skipped),
         ("destination layers and tensors kept as initialised by the map", plan.kept), ("frozen", plan.frozen),

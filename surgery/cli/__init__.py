@@ -134,13 +134,18 @@ def map_command(src: str, dst: str, match: str, mapping: str | None, output: str
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--verify", "verify_after", is_flag=True,
               help="Then prove OUT computes what SRC computed (ONNX Runtime and natively); exit 1 on a mismatch.")
-@click.option("--factory", metavar="MOD:FN", help="With --verify: callable building the network for weights-only files.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="S", help="With --verify: random input shape.")
+@click.option("--probe", is_flag=True,
+              help="Settle ambiguous pairs and assumed flatten orders by running both networks layer by layer "
+                   "(SRC from its file; DST from its file or --factory); the evidence goes into the report.")
+@click.option("--factory", metavar="MOD:FN",
+              help="With --verify or --probe: callable building the network for weights-only files.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="S",
+              help="With --verify or --probe: random input shape.")
 @unsafe_option
 def transplant(src: str, dst: str, mapping: str | None, output: str | None, match: str | None, freeze: tuple[str, ...],
                allow_partial: bool, strict: bool, dry_run: bool, report_path: str | None, max_shard_size: str | None,
-               as_json: bool, quiet: bool, verify_after: bool, factory: str | None, input_shapes: tuple[str, ...],
-               unsafe_pickle: bool) -> None:
+               as_json: bool, quiet: bool, verify_after: bool, probe: bool, factory: str | None,
+               input_shapes: tuple[str, ...], unsafe_pickle: bool) -> None:
     """Copy SRC's weights into DST's layers as the map says, and write the result.
 
     Writes OUT (default DST, replaced atomically) and OUT.surgery.json, and prints
@@ -162,7 +167,7 @@ def transplant(src: str, dst: str, mapping: str | None, output: str | None, matc
                                 unsafe_pickle=unsafe_pickle, output=out, dry_run=dry_run, verify=verify_after,
                                 factory=factory, input_shape=parse_shapes(input_shapes),
                                 max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
-                                report=None if dry_run else report_path, quiet=quiet)
+                                report=None if dry_run else report_path, quiet=quiet, probe=probe)
     except api.StrictError as refused:
         if report_path:
             write_report(refused.plan, report_path)

@@ -219,7 +219,7 @@ def _fits(shape: Sequence[int], declared: Sequence[int | None] | None) -> bool:
     return declared is None or (len(shape) == len(declared) and all(d is None or d == s for s, d in zip(shape, declared)))
 
 
-def _feeds_for(runner: Runner, feeds: dict[str, np.ndarray], fmt: str | None) -> tuple[dict, tuple | None]:
+def feeds_for(runner: Runner, feeds: dict[str, np.ndarray], fmt: str | None) -> tuple[dict, tuple | None]:
     """``feeds`` (in format ``fmt``) renamed and transposed for ``runner``.
 
     Returns the feeds and the move made, ``(src, dst)`` formats, or None. The
@@ -253,7 +253,7 @@ def _matched_inputs(feeds: dict[str, np.ndarray], specs: list) -> list[tuple[str
     return matched[: len(specs)] if specs else matched
 
 
-def _adapt_output(arr: np.ndarray, move: tuple | None, like: np.ndarray) -> np.ndarray:
+def adapt_output(arr: np.ndarray, move: tuple | None, like: np.ndarray) -> np.ndarray:
     """An output of the moved side brought back to the other side's format (when shapes agree)."""
     if move is None or arr.ndim not in (3, 4, 5):
         return arr
@@ -280,7 +280,7 @@ def _onnx_comparison(side: Runner, feeds: dict, rtol: float, atol: float, layers
             comp.problem = str(exc)
             return comp
         runner = onnx_run.OnnxRunner(path, label=f"onnxruntime (exported by {how})")
-        ort_feeds, _ = _feeds_for(runner, feeds, side.data_format)
+        ort_feeds, _ = feeds_for(runner, feeds, side.data_format)
         comp = Comparison(f"{runner.label} vs {side.label}", runner.label, side.label)
         _compare_outputs(comp, runner.run(ort_feeds), side.run(feeds), None, rtol, atol)
         if layers and not comp.ok:
@@ -291,7 +291,7 @@ def _onnx_comparison(side: Runner, feeds: dict, rtol: float, atol: float, layers
 def _native_comparison(side: Runner, ref: Runner, feeds: dict, rtol: float, atol: float, layers: bool,
                        table: dict[str, str]) -> Comparison:
     """MODEL vs REF, each run natively (an ONNX side runs in ONNX Runtime)."""
-    ref_feeds, move = _feeds_for(ref, feeds, side.data_format)
+    ref_feeds, move = feeds_for(ref, feeds, side.data_format)
     comp = Comparison(f"{side.label} vs {ref.label}", side.label, ref.label)
     if move:
         comp.layout = (f"inputs and outputs of rank 3-5 transposed {_short(move[0])} -> {_short(move[1])} "
@@ -311,7 +311,7 @@ def _compare_outputs(comp: Comparison, actual: list, reference: list, move: tupl
     if len(actual) != len(reference):
         comp.problem = f"{len(actual)} outputs vs {len(reference)} outputs"
     for (name, a), (_, b) in zip(actual, reference):
-        comp.outputs.append(compare_arrays(name, a, _adapt_output(b, move, a), rtol, atol))
+        comp.outputs.append(compare_arrays(name, a, adapt_output(b, move, a), rtol, atol))
 
 
 # ---- --layers --------------------------------------------------------------------------
@@ -356,10 +356,10 @@ def _first_divergence(side: Runner, ref: Runner, feeds: dict, ref_feeds: dict, m
     ours_paired, theirs_paired = {i for i, _ in paired}, {j for _, j in paired}
     for compared, (i, j) in enumerate(paired, 1):
         (name, x, y), (other, rx, ry) = ours[i], theirs[j]
-        diff = compare_arrays(name, y, _adapt_output(ry, move, y), rtol, atol)
+        diff = compare_arrays(name, y, adapt_output(ry, move, y), rtol, atol)
         if diff.passed or _fused_match(ours, i, ours_paired, theirs, j, theirs_paired, move, rtol, atol):
             continue
-        rx = None if rx is None or x is None else _adapt_output(rx, move, x)
+        rx = None if rx is None or x is None else adapt_output(rx, move, x)
         reason = explain(side, ref, name, other, x, rx, rtol, atol)
         return LayerDivergence(name, other, diff.max_abs, diff.min_atol, reason, compared)
     why = "no paired layer diverges" if paired else "no layers could be paired (give pairs or a .surgery.json)"
@@ -378,7 +378,7 @@ def _fused_match(ours: list, i: int, ours_paired: set, theirs: list, j: int, the
     other = [ry for _, _, ry in _run_of(theirs, j, theirs_paired)]
     if len(mine) == len(other) == 1:
         return False
-    return any(compare_arrays("", y, _adapt_output(ry, move, y), rtol, atol).passed for y in mine for ry in other)
+    return any(compare_arrays("", y, adapt_output(ry, move, y), rtol, atol).passed for y in mine for ry in other)
 
 
 def _run_of(trace: list, start: int, paired: set) -> list:
