@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# tf_keras (Keras 2, for the zoo's legacy files) declares the full `tensorflow` package; it runs on
+	# tensorflow-cpu, so it goes in without its dependencies.
+	$(PY) -m pip install --quiet --no-deps 'tf_keras==2.21.*'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -44,7 +44,8 @@ def setting_warnings(src: Layer, dsts: list[Layer]) -> list[str]:
             if key in mine and key in theirs and mine[key] != theirs[key]:
                 out.append(f"{pair}: {key} is {mine[key]!r}{_default(src, key)} in the source but "
                            f"{theirs[key]!r}{_default(dst, key)} in the destination")
-        out += _fused_activation(pair, src, dst) + _padding(pair, src, dst) + _assumed(dst, "destination")
+        out += _fused_activation(pair, src, dst) + _padding(pair, src, dst) + _merge_mode(pair, src, dst)
+        out += _assumed(dst, "destination")
     return out
 
 
@@ -66,6 +67,20 @@ def _fused_activation(pair: str, src: Layer, dst: Layer) -> list[str]:
         return []  # an RNN's activation is part of its cell, in both frameworks
     return [f"{pair}: the source applies activation {act!r} inside the layer; the destination network "
             "must apply it itself after this layer"]
+
+
+_MERGED = {"sum": "sums", "mul": "multiplies", "ave": "averages", None: "returns as a list"}
+
+
+def _merge_mode(pair: str, src: Layer, dst: Layer) -> list[str]:
+    """A Bidirectional RNN whose two directions are merged otherwise than PyTorch's concatenation."""
+    mine = src.attrs.get("merge_mode", "concat") if src.attrs.get("bidirectional") else "concat"
+    theirs = dst.attrs.get("merge_mode", "concat") if dst.attrs.get("bidirectional") else "concat"
+    if mine == theirs or not (src.attrs.get("bidirectional") or dst.attrs.get("bidirectional")):
+        return []
+    side, mode = ("source", mine) if mine != "concat" else ("destination", theirs)
+    return [f"{pair}: the {side} {_MERGED.get(mode, mode)} its two directions (merge_mode={mode!r}) where the other "
+            "concatenates them; the weights are exact, but that network must merge its two output halves the same way"]
 
 
 def _padding(pair: str, src: Layer, dst: Layer) -> list[str]:

@@ -97,3 +97,22 @@ def test_conv_lstm_is_passed_through_marked(tmp_path, suffix):
     layer = formats.read(str(path))["clstm"]
     assert layer.kind == "unknown" and layer.attrs["layout_known"] is False
     assert sorted(p.shape for p in layer.params.values()) == sorted(tuple(v.shape) for v in model.weights)
+
+
+def test_a_merge_mode_other_than_concat_is_said_and_the_weights_stay_exact():
+    """merge_mode='sum': PyTorch concatenates the directions; summing its two halves gives Keras' output."""
+    from surgery import settings
+    from surgery.kinds import graph_of_params
+
+    keras.utils.set_random_seed(5)
+    layer = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True), merge_mode="sum", name="bi")
+    x = np.random.default_rng(2).normal(size=(2, 6, 3)).astype("float32")
+    expected = np.asarray(layer(x))
+    canonical, _ = _canonical(layer)
+    module = torch.nn.LSTM(3, 4, batch_first=True, bidirectional=True)
+    _fill(module, canonical)
+    halves = module(torch.from_numpy(x))[0].detach().numpy()
+    np.testing.assert_allclose(halves[..., :4] + halves[..., 4:], expected, atol=1e-4)
+    dst = graph_of_params({f"rnn.{k}": Param.from_array(v.numpy(), key=k) for k, v in module.state_dict().items()})
+    (warning,) = [w for w in settings.setting_warnings(canonical, [dst["rnn"]]) if "merge_mode" in w]
+    assert "the source sums its two directions (merge_mode='sum')" in warning
