@@ -1,6 +1,7 @@
 """ONNX models (``.onnx``), with or without external data.
 
-Read: the initializers, each attributed to the node that consumes it, which
+Read: the initializers (and the tensors of ``Constant`` nodes, in the main graph, in
+``If``/``Loop``/``Scan`` bodies and in model-local functions), each attributed to the node that consumes it, which
 also gives the layer kind (``Conv`` -> conv, ``Gemm``/``MatMul`` -> dense,
 ``LSTM``/``GRU`` -> rnn with PyTorch gate orders...). External data is
 validated up front (inside the model's folder, within the file) and read
@@ -25,7 +26,7 @@ from ...errors import fail
 from ...graph import Layer, LayerGraph, Param
 from ...kinds import fold_attention_outputs
 from .external import ExternalCopies, Source, atomic_target, np_dtype, surgery_dtype
-from .scan import LayerSpec, scan_model
+from .scan import LayerSpec, all_initializers, scan_model
 from .slots import Slot
 
 SUFFIXES = (".onnx",)
@@ -92,7 +93,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, target: 
                 copies.patch(name, native)
             else:
                 _replace_internal(inits[name], native)
-        for tensor in model.graph.initializer:
+        for tensor in all_initializers(model):
             copies.relocate(tensor)
         with open(path, "wb") as f:
             f.write(model.SerializeToString())

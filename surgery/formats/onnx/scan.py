@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ... import dtypes
 from ...errors import fail
@@ -88,13 +88,22 @@ class _Scanner:
     def __init__(self, path: str, model: Any) -> None:
         self.path = path
         self.source = Source(path)
-        self.inits = {t.name: t for t in model.graph.initializer}
-        self.nodes = list(model.graph.node)
+        # Nodes of If/Loop/Scan bodies and of model-local functions are scanned like the main graph's,
+        # after the node that holds them: some published models keep every weight there.
+        self.nodes = list(all_nodes(model))
         # Weights in Constant nodes (some exporters and optimizers leave no initializer at all) are read
         # like initializers; writing replaces the node's tensor in place.
         self.constants = _constant_tensors(self.nodes)
-        self.inits.update(self.constants)
-        self.left_out: dict[str, str] = dict(_nested_tensors(model))
+        self.left_out: dict[str, str] = {}
+        self.inits = {}
+        for tensor in [*all_initializers(model), *self.constants.values()]:
+            if tensor.name in self.inits or tensor.name in self.left_out:
+                self.left_out[tensor.name] = ("two graphs of the model (a subgraph or a function, and another) hold "
+                                              "a tensor of this name: which one a node reads is a matter of scope, "
+                                              "so neither is read or written")
+                self.inits.pop(tensor.name, None)
+                continue
+            self.inits[tensor.name] = tensor
         self.claimed: set[str] = set()
         self.uncarried: set[str] = set()
         self.owner: dict[str, str] = {}          # initializer -> the layer that claimed it first
@@ -358,29 +367,31 @@ def _constant_tensors(nodes: list[Any]) -> dict[str, Any]:
     return out
 
 
-def _nested_tensors(model: Any) -> Iterator[tuple[str, str]]:
-    """Tensors inside ``If``/``Loop``/``Scan`` subgraphs and model-local functions, with why they are not read."""
-    def graph_tensors(graph: Any, where: str) -> Iterator[tuple[str, str]]:
-        reason = f"inside {where}: subgraph weights are not read; export without control flow"
-        for tensor in graph.initializer:
-            yield tensor.name, reason
-        for name in _constant_tensors(list(graph.node)):
-            yield name, reason
-        for node in graph.node:
-            yield from node_tensors(node, where)
+def _subgraphs(node: Any) -> Iterator[Any]:
+    for attr in node.attribute:
+        yield from ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
 
-    def node_tensors(node: Any, where: str) -> Iterator[tuple[str, str]]:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from graph_tensors(sub, f"the {node.op_type} subgraph {attr.name!r} of node {node.name!r}")
 
-    for node in model.graph.node:
-        yield from node_tensors(node, "")
+def _graph_nodes(nodes: Iterable[Any]) -> Iterator[Any]:
+    for node in nodes:
+        yield node
+        for sub in _subgraphs(node):
+            yield from _graph_nodes(sub.node)
+
+
+def all_nodes(model: Any) -> Iterator[Any]:
+    """Every node: the main graph's, each followed by the nodes of its subgraphs; then the functions' nodes."""
+    yield from _graph_nodes(model.graph.node)
     for function in model.functions:
-        for node in function.node:
-            for name, _ in _constant_tensors([node]).items():
-                yield name, f"a Constant inside function {function.name!r}: function weights are not read"
-            yield from node_tensors(node, f"function {function.name!r}")
+        yield from _graph_nodes(function.node)
+
+
+def all_initializers(model: Any) -> Iterator[Any]:
+    """The initializers of the main graph and of every If/Loop/Scan subgraph, at any depth."""
+    yield from model.graph.initializer
+    for node in all_nodes(model):
+        for sub in _subgraphs(node):
+            yield from sub.initializer
 
 
 def scan_model(path: str) -> tuple[Any, list[LayerSpec], Source, list[str], dict[str, str]]:
