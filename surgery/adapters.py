@@ -187,6 +187,25 @@ def dense_merge(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[
     return feeds
 
 
+def dense_split(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tuple[str, str], Feed] | None:
+    """One dense layer's rows split among several (``qkv: [q, k, v]``): each takes its block of rows."""
+    if src.kind != "dense" or len(dsts) < 2 or any(d.kind != "dense" for d in dsts):
+        return None
+    rows = [d.params["weight"].shape[0] for d in dsts]
+    if sum(rows) != src.params["weight"].shape[0]:
+        raise PlanError(f"{src.name} -> {', '.join(d.name for d in dsts)}: {src.params['weight'].shape[0]} rows "
+                        f"do not split into {' + '.join(map(str, rows))}")
+    feeds, start = {}, 0
+    for dst, size in zip(dsts, rows):
+        for role in ("weight", "bias"):
+            param = src.params.get(role)
+            if param is not None and role in dst.params:
+                feeds[(dst.name, role)] = Feed(param.derived(layouts.rows(start, start + size)), (src.key(role),),
+                                               f"rows {start}:{start + size} of {role}")
+        start += size
+    return feeds
+
+
 def _whole(layer: Layer, role: str) -> Feed:
     param = layer.params[role]
     return Feed(param, (layer.key(role),), param.layout or "identity")
@@ -299,7 +318,7 @@ def _flatten_sizes(src: Layer, dst: Layer, given: dict[str, Any], src_order: str
     return None
 
 
-ADAPTERS: list[Adapter] = [gru_variant, separable_split, separable_merge, attention_split, attention_merge, dense_merge,
+ADAPTERS: list[Adapter] = [gru_variant, separable_split, separable_merge, attention_split, attention_merge, dense_merge, dense_split,
                            flatten_rows, batch_norm_fill, rnn_cell, by_role]
 
 

@@ -100,7 +100,7 @@ def align(plan: "Plan", src_names: list[str], dst_names: list[str]) -> Pairs:
     """
     src_order, dst_order = storage_order(plan.src, src_names), storage_order(plan.dst, dst_names)
     pairs = fused(plan, src_order, dst_order)
-    merged = {n for source, dsts, _ in pairs for n in [*source, *dsts]}
+    merged = {n for source, dsts, _ in pairs for n in [*([source] if isinstance(source, str) else source), *dsts]}
     src_order = [n for n in src_order if n not in merged]
     dst_order = [n for n in dst_order if n not in merged]
     groups: dict[tuple, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
@@ -251,35 +251,43 @@ _QKV = ("query", "key", "value")
 
 
 def fused(plan: "Plan", src_names: list[str], dst_names: list[str]) -> Pairs:
-    """Separate q, k, v (and o) projections merged into the fused layers of the destination.
+    """Separate q, k, v (and o) projections and the fused layers that hold them, either way round.
 
-    A destination ``nn.MultiheadAttention`` (``in_proj_weight``, ``out_proj``) takes the
-    four projections of one source block; a dense layer named ``qkv``/``in_proj`` with
-    three times the rows takes q, k and v. Blocks pair in the order of their numbers,
-    and every part's shape must fit.
+    A ``nn.MultiheadAttention`` or Keras ``MultiHeadAttention`` (``in_proj_weight`` and
+    ``out_proj``) holds the q, k, v and o projections of one block; a dense layer named
+    ``qkv``/``in_proj`` with three times the rows holds q, k and v. Blocks pair in the
+    order of their numbers, and every part's shape must fit.
     """
-    targets = [d for d in dst_names if _fused_parts(plan.dst[d])]
+    into = _fused_pairs(plan.src, plan.dst, src_names, dst_names)
+    if into:
+        return [(parts, [target], f"fused: {why}") for parts, target, why in into]
+    return [(target, parts, f"split: {why}") for parts, target, why in _fused_pairs(plan.dst, plan.src, dst_names, src_names)]
+
+
+def _fused_pairs(separate: "LayerGraph", joined: "LayerGraph", separate_names: list[str],
+                 joined_names: list[str]) -> list[tuple[list[str], str, str]]:
+    """``(parts, fused layer, why)``: the separate side's projections, block by block, for each fused layer."""
+    targets = sorted((n for n in joined_names if _fused_parts(joined[n])), key=numbers)
     if not targets:
         return []
     blocks: dict[tuple[int, ...], dict[str, str]] = defaultdict(dict)
-    for name in src_names:
-        layer = plan.src[name]
+    for name in separate_names:
         said = words(name) & {*_QKV, "out"}
-        if layer.kind == "dense" and len(said) == 1 and (said != {"out"} or "attention" in words(name)):
+        if separate[name].kind == "dense" and len(said) == 1 and (said != {"out"} or "attention" in words(name)):
             blocks[numbers(name)].setdefault(next(iter(said)), name)
     blocks = {k: v for k, v in blocks.items() if set(_QKV) <= set(v)}
-    pairs: Pairs = []
-    by_number = sorted(targets, key=numbers)
-    if len(blocks) != len(by_number):
+    if len(blocks) != len(targets):
         return []
-    for (number, block), target in zip(sorted(blocks.items()), by_number):
-        parts = [block[w] for w in _fused_parts(plan.dst[target]) if w in block]
-        if len(parts) != len(_fused_parts(plan.dst[target])) or not _fits(plan, parts, plan.dst[target]):
+    found = []
+    for (number, block), target in zip(sorted(blocks.items()), targets):
+        wanted = _fused_parts(joined[target])
+        parts = [block[w] for w in wanted if w in block]
+        if len(parts) != len(wanted) or not _fits(separate, parts, joined[target]):
             return []
-        said = "/".join(w for w in ("q", "k", "v", "o")[:len(parts)])
-        pairs.append((parts, [target], f"fused: {said} projections of source block {'.'.join(map(str, number))} "
-                                       "(names and block numbers)"))
-    return pairs
+        letters = "/".join(("q", "k", "v", "o")[:len(parts)])
+        found.append((parts, target, f"{letters} projections of block {'.'.join(map(str, number))} "
+                                     "(names and block numbers)"))
+    return found
 
 
 def _fused_parts(layer: "Layer") -> tuple[str, ...]:
@@ -293,8 +301,8 @@ def _fused_parts(layer: "Layer") -> tuple[str, ...]:
     return ()
 
 
-def _fits(plan: "Plan", parts: list[str], target: "Layer") -> bool:
-    weights = [plan.src[p].params["weight"].shape for p in parts]
+def _fits(graph: "LayerGraph", parts: list[str], target: "Layer") -> bool:
+    weights = [graph[p].params["weight"].shape for p in parts]
     fused = target.params.get("in_proj_weight", target.params.get("weight"))
     rows = sum(w[0] for w in weights[:3])
     return fused is not None and all(len(w) == 2 and w[1] == fused.shape[1] for w in weights) and rows == fused.shape[0]

@@ -182,3 +182,17 @@ def test_no_fused_merge_where_the_rows_do_not_add_up():
     src = {f"layers.0.self_attn.{p}_proj.weight": (4, 4) for p in "qkv"}
     plan = surgery.plan(graph(**src), graph(**{"blocks.0.qkv.weight": (9, 4)}), {"match": "shape"})
     assert plan.pairs == [] and plan.uncovered == ["blocks.0.qkv"]
+
+
+def test_a_fused_projection_splits_into_separate_ones_block_for_block():
+    src = {f"blocks.{i}.qkv.weight": (12, 4) for i in range(2)} | {f"blocks.{i}.qkv.bias": (12,) for i in range(2)}
+    dst = {f"layers.{i}.self_attn.{p}_proj.{r}": s for i in range(2) for p in "qkv"
+           for r, s in (("weight", (4, 4)), ("bias", (4,)))}
+    source = graph(**src)
+    plan = surgery.plan(source, graph(**dst), {"match": "shape"})
+    assert {p.source: p.destinations for p in plan.pairs} == {
+        f"blocks.{i}.qkv": [f"layers.{i}.self_attn.{p}_proj" for p in "qkv"] for i in range(2)}
+    out = surgery.transplant(source, graph(**dst), {"match": "shape"}).graph.state()
+    fused = source.state()["blocks.1.qkv.weight"].read()
+    for j, p in enumerate("qkv"):
+        assert np.array_equal(out[f"layers.1.self_attn.{p}_proj.weight"].read(), fused[4 * j:4 * j + 4]), p

@@ -170,3 +170,43 @@ def test_broken_sources_exit_non_zero(run, source, tmp_path):
     result = run("transplant", tmp_path / "missing.safetensors", dst, "-o", tmp_path / "b.pt", "-q")
     assert result.exit_code == 1 and "encoder.layer.1.output.dense.weight" in result.stderr
     assert not (tmp_path / "a.pt").exists() and not (tmp_path / "b.pt").exists()
+
+
+def _accept(text: str) -> str:
+    """The proposed map with its commented `skip:` proposals accepted, as a user would after reading them."""
+    return text.replace("# skip:", "skip:").replace("#   - ", "  - ")
+
+
+def _keras_inputs():
+    ids = IDS.numpy().astype(np.int32)
+    return [ids, np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), ids.shape).copy(), np.zeros_like(ids)]
+
+
+def test_hf_folder_into_a_keras_port(run, source, tmp_path, keras):
+    """Into Keras: q/k/v/o merged into each block's MultiHeadAttention, written into the .keras file."""
+    folder, _, expected = source
+    bert.keras_bert(seed=4).save(tmp_path / "port.keras")
+    assert run("map", folder, tmp_path / "port.keras", "-o", tmp_path / "map.yaml").exit_code == 0
+    (tmp_path / "map.yaml").write_text(_accept((tmp_path / "map.yaml").read_text()))
+    result = run("transplant", folder, tmp_path / "port.keras", "--map", tmp_path / "map.yaml",
+                 "-o", tmp_path / "out.keras", "-q")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    got = np.asarray(keras.saving.load_model(tmp_path / "out.keras")(_keras_inputs()))
+    worst = float(np.abs(got - expected).max())
+    print(f"zoo row HF folder -> keras port: max abs difference {worst:.3g}")
+    assert worst <= TOLERANCE
+
+
+def test_a_keras_port_into_the_pytorch_reimplementation(run, tmp_path, keras):
+    """From Keras: each MultiHeadAttention split into separate q/k/v/o linears."""
+    model = bert.keras_bert(seed=5)
+    model.save(tmp_path / "src.keras")
+    expected = np.asarray(model(_keras_inputs()))
+    torch.manual_seed(6)
+    tiny = bert.TinyBert()
+    torch.save(tiny.state_dict(), tmp_path / "tiny.pt")
+    assert run("map", tmp_path / "src.keras", tmp_path / "tiny.pt", "-o", tmp_path / "map.yaml").exit_code == 0
+    result = run("transplant", tmp_path / "src.keras", tmp_path / "tiny.pt", "--map", tmp_path / "map.yaml",
+                 "-o", tmp_path / "out.pt", "-q")
+    assert result.exit_code == 0, (tmp_path / "map.yaml").read_text() + result.stdout + result.stderr
+    _judge(tiny, tmp_path / "out.pt", expected)
