@@ -65,7 +65,16 @@ def by_role(src: Layer, dsts: list[Layer], options: dict[str, Any]) -> dict[tupl
         param = src.params.get(role)
         if param is not None:
             feeds[(dst.name, role)] = Feed(param, (src.key(role),), param.layout or "identity")
+    if feeds and role_zero_bias(src, dst):  # a conv without a bias is one with a zero bias: exact
+        feeds[(dst.name, "bias")] = Feed(_zeros(dst.params["bias"]), (), "zeros (the source layer has no bias)")
     return feeds or _lone_tensors(src, dst)
+
+
+def role_zero_bias(src: Layer, dst: Layer) -> bool:
+    """A conv or dense destination bias the source layer does not have (PyTorch ``bias=False`` into Keras)."""
+    kinds = ("dense", "conv1d", "conv2d", "conv3d", "conv_transpose", "depthwise_conv2d")
+    return ("bias" in dst.params and "bias" not in src.params and "weight" in src.params
+            and src.kind in kinds and dst.kind in kinds)
 
 
 def _lone_tensors(src: Layer, dst: Layer) -> dict[tuple[str, str], Feed]:

@@ -25,9 +25,10 @@ shapes declared in different orders are the trap a matcher must not fall into.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
@@ -110,23 +111,138 @@ def align(plan: "Plan", src_names: list[str], dst_names: list[str]) -> Pairs:
         sig = _signature(plan.dst[name])
         if sig in groups:
             groups[sig][1].append(name)
+    left: dict[tuple, tuple[list[str], list[str]]] = {}
     for sig, (mine, theirs) in groups.items():
         if theirs:
-            pairs += _settle(plan, sig, mine, theirs)
+            settled, left[sig] = _settle(sig, mine, theirs)
+            pairs += settled
+    while True:   # each pair settled may settle more: a conv by its neighbours, then its BatchNorm by its input
+        more = _by_inputs(plan, pairs, left) + _by_neighbours(pairs, left)
+        if not more:
+            break
+        pairs += more
+    for sig, (rest_a, rest_b) in left.items():
+        pairs += _by_order(plan, sig, rest_a, rest_b)
+    return pairs
+
+
+def inputs(graph: "LayerGraph", order: list[str]) -> dict[str, str]:
+    """``layer -> the layer with weights that feeds it``, where the file says or its order shows.
+
+    A Keras config says (``attrs["after"]``). A state_dict's declaration order shows it
+    within one module: a BatchNorm declared right after its conv, under the same parent
+    (``layer1.0.conv1``, ``layer1.0.bn1``). A file sorted by name shows nothing.
+    """
+    out = {n: graph[n].attrs["after"] for n in order if graph[n].attrs.get("after") in graph.layers}
+    listed = list(graph.layers)
+    if len(listed) >= 3 and listed == sorted(listed):
+        return out
+    last: dict[str, str] = {}
+    for name in listed:
+        spelled = _spelling(name)
+        parent = spelled.rpartition(".")[0]
+        if "." in spelled and parent in last and name not in out:
+            out[name] = last[parent]
+        last[parent] = name
+    return out
+
+
+def _by_inputs(plan: "Plan", settled: Pairs, left: dict[tuple, tuple[list[str], list[str]]]) -> Pairs:
+    """Alike layers fed by a settled pair: ``conv2_block1_1_bn`` and ``layer.0.normalization`` after their convs.
+
+    Repeated until nothing more settles; a pair needs one such layer on each side.
+    """
+    mine, theirs = inputs(plan.src, list(plan.src.layers)), inputs(plan.dst, list(plan.dst.layers))
+    partner = {s: ds[0] for s, ds, _ in settled if isinstance(s, str) and len(ds) == 1}
+    found: Pairs = []
+    changed = True
+    while changed:
+        changed = False
+        for sig, (rest_a, rest_b) in left.items():
+            fed_a: dict[str, list[str]] = defaultdict(list)
+            fed_b: dict[str, list[str]] = defaultdict(list)
+            for s in rest_a:
+                if mine.get(s) in partner:
+                    fed_a[partner[mine[s]]].append(s)
+            for d in rest_b:
+                if theirs.get(d) is not None:
+                    fed_b[theirs[d]].append(d)
+            for source_input, (s, *more) in fed_a.items():
+                if more or len(fed_b.get(source_input, [])) != 1:
+                    continue
+                d = fed_b[source_input][0]
+                src_input = mine[s]
+                found.append((s, [d], f"shape {_describe(sig)}, fed by the pair {src_input} -> {source_input}"))
+                partner[s] = d
+                rest_a.remove(s)
+                rest_b.remove(d)
+                changed = True
+    return found
+
+
+def _by_neighbours(settled: Pairs, left: dict[tuple, tuple[list[str], list[str]]]) -> Pairs:
+    """Alike layers whose nearest settled neighbours by name are partners: ``conv2_block1_0_conv`` sits
+    among ``conv2_block1_*``, whose partners sit in ``stages.0.layers.0``, where only one candidate is.
+
+    Two alike layers of one block have the same neighbours and stay unsettled.
+    """
+    partner = {_spelling(s): _spelling(ds[0]) for s, ds, _ in settled if isinstance(s, str) and len(ds) == 1}
+    theirs = set(partner.values())
+    found: Pairs = []
+    for sig, (rest_a, rest_b) in left.items():
+        near_b = {d: _nearest(_spelling(d), theirs) for d in rest_b}
+        support = {s: [d for d in rest_b if {partner[n] for n in _nearest(_spelling(s), partner)} & near_b[d]]
+                   for s in rest_a}
+        for s, ds in support.items():
+            if len(ds) == 1 and sum(ds[0] in other for other in support.values()) == 1:
+                found.append((s, [ds[0]], f"shape {_describe(sig)}, among the partners of its neighbours"))
+                rest_a.remove(s)
+                rest_b.remove(ds[0])
+                return found   # one at a time: the next round sees this pair
+    return found
+
+
+def _nearest(name: str, names: Iterable[str]) -> set[str]:
+    """The names sharing the longest prefix with ``name`` (at least up to a separator)."""
+    best, out = 0, set()
+    for other in names:
+        common = len(os.path.commonprefix([name, other]))
+        common = max(name.rfind(sep, 0, common + 1) for sep in "._/") + 1 if common < len(name) else common
+        if common > best:
+            best, out = common, {other}
+        elif common == best and common:
+            out.add(other)
+    return out
+
+
+def _by_order(plan: "Plan", sig: tuple, rest_a: list[str], rest_b: list[str]) -> Pairs:
+    """What no evidence settles: paired in each side's order, each pair a decision for the user."""
+    shape, pairs = f"shape {_describe(sig)}", []
+    for s, d in zip(rest_a, rest_b):
+        pairs.append((s, [d], f"{shape}, by order among {len(rest_a)} and {len(rest_b)} alike: CHECK (or --probe)"))
+        plan.ambiguous.append(Decision(
+            f"{s} -> {d}: paired by order among {len(rest_a)} source and {len(rest_b)} destination "
+            f"{sig[0]} layers of the same shapes, which neither their numbers nor their names tell apart; "
+            "confirm under `layers` (or run with --probe)", layers={s: d}, among=tuple(rest_a)))
     return pairs
 
 
 def _signature(layer: "Layer") -> tuple:
     """Kind and canonical shapes, kinds a state_dict cannot tell apart taken as one.
 
-    A bias-less matrix is a dense layer or an embedding table, a lone weight and
-    bias a LayerNorm or an InstanceNorm; the pair's own kind check still runs.
+    A matrix is a dense layer's or an embedding table's, a lone weight and
+    bias a LayerNorm or an InstanceNorm; the pair's own kind check still runs. A conv
+    or dense bias is left out: its shape follows from the weight's, and a bias on one
+    side only (a Keras conv before a BatchNorm, a PyTorch one without) is the pair's
+    own decision (copy, ``fold`` into the BatchNorm, or ``skip``), not a reason not to pair.
     """
     kind, shapes = layer.signature()
-    if kind in ("dense", "embedding") and "bias" not in layer.params:
+    if kind in ("dense", "embedding"):
         kind = "dense or embedding"
     elif kind in NORM_KINDS:
         kind = "norm"
+    if "weight" in dict(shapes) and kind not in ("norm", "batch_norm"):
+        shapes = tuple((r, shape) for r, shape in shapes if r != "bias")
     return kind, shapes
 
 
@@ -136,10 +252,11 @@ def _describe(sig: tuple) -> str:
     return f"{sig[0]} " + (str(shapes["weight"]) if "weight" in shapes else ", ".join(map(str, shapes.values())))
 
 
-def _settle(plan: "Plan", sig: tuple, mine: list[str], theirs: list[str]) -> Pairs:
+def _settle(sig: tuple, mine: list[str], theirs: list[str]) -> tuple[Pairs, tuple[list[str], list[str]]]:
+    """The pairs names and numbers settle in one signature group, and what is left on each side."""
     shape = f"shape {_describe(sig)}"
     if len(mine) == 1 and len(theirs) == 1:
-        return [(mine[0], [theirs[0]], shape)]
+        return [(mine[0], [theirs[0]], shape)], ([], [])
     spelled = {_spelling(d): d for d in theirs}
     pairs: Pairs = [(s, [spelled[_spelling(s)]], f"{shape}, the same name") for s in mine if _spelling(s) in spelled]
     named = {s for s, _, _ in pairs} | {d for _, (d,), _ in pairs}
@@ -149,13 +266,7 @@ def _settle(plan: "Plan", sig: tuple, mine: list[str], theirs: list[str]) -> Pai
         pairs += [(s, [d], f"{shape}, {why}") for s, d in members]
     rest_a = [n for n in mine if any(n in f for f in fam_a.values())]
     rest_b = [n for n in theirs if any(n in f for f in fam_b.values())]
-    for s, d in zip(rest_a, rest_b):  # what no evidence settles: in each side's order, and asked about
-        pairs.append((s, [d], f"{shape}, by order among {len(rest_a)} and {len(rest_b)} alike: CHECK (or --probe)"))
-        plan.ambiguous.append(Decision(
-            f"{s} -> {d}: paired by order among {len(rest_a)} source and {len(rest_b)} destination "
-            f"{sig[0]} layers of the same shapes, which neither their numbers nor their names tell apart; "
-            "confirm under `layers` (or run with --probe)", layers={s: d}, among=tuple(rest_a)))
-    return pairs
+    return pairs, (rest_a, rest_b)
 
 
 def _spelling(name: str) -> str:

@@ -76,6 +76,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     merged: dict[str, Any] = field(default_factory=dict, repr=False)   # virtual source layers of `merge`
     probed: list[Any] = field(default_factory=list)      # --probe's Evidence, question by question
+    foldable: list[str] = field(default_factory=list)    # dropped biases a paired BatchNorm takes next (map `fold`)
 
     def source_layer(self, name: str) -> Layer:
         """A source layer by name, or the virtual layer a `merge` makes of several."""

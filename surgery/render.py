@@ -122,6 +122,9 @@ def accept_yaml(plan: "Plan") -> str:
     for title, items in (("skip", plan.unused + plan.dropped), ("keep", plan.uncovered + plan.unfilled)):
         if items:
             lines.append(f"{title}: [{', '.join(_scalar(i) for i in items)}]")
+    if plan.foldable:
+        lines.append(f"# exact instead of skipping, if each BatchNorm takes its layer's output directly (no "
+                     f"activation between): fold: [{', '.join(_scalar(i) for i in plan.foldable)}]")
     if layers:
         lines.append("layers:")
         lines += [f"  {_scalar(s)}: {_scalar(d)}" for s, d in layers.items()]

@@ -10,7 +10,8 @@ import fnmatch
 
 import numpy as np
 
-from . import adapters, layouts, lazy
+from . import adapters, layouts, lazy, matching
+from .settings import LINEAR
 from .errors import PlanError
 from .graph import BOOKKEEPING, Layer, LayerGraph, Param
 from .kinds import CONV_KINDS
@@ -64,36 +65,63 @@ def add_tensor_pairs(plan: Plan) -> None:
 
 
 def fold_biases(plan: Plan) -> None:
-    """The map's ``fold``: a conv/dense bias the destination has no tensor for, folded into the BatchNorm after it.
+    """A conv/dense bias the destination has no tensor for, folded into the BatchNorm that takes its output.
 
     ``BN(conv(x) + b)`` is ``BN'(conv(x))`` with ``running_mean' = running_mean - b``: exact, so the
-    bias is carried instead of dropped, and reported as a transform. Whether the BatchNorm takes the
-    layer's output directly (no activation between) no weights file records, so the map says so;
-    the plan checks that the next layers on both sides are paired BatchNorms.
+    bias is carried instead of dropped, and reported as a transform. It is done when the map's
+    ``fold`` names the bias, or by itself when the source's Keras config shows the BatchNorm taking
+    the layer's output directly (no activation inside the layer, none between). A bare state_dict
+    records neither, so there the map says so; the plan checks that the BatchNorms are paired.
     """
-    if not plan.mapping.fold:
-        return
-    src_next = dict(zip(plan.src.layers, list(plan.src.layers)[1:]))
-    dst_next = dict(zip(plan.dst.layers, list(plan.dst.layers)[1:]))
+    src_next, dst_next = _consumers(plan.src), _consumers(plan.dst)
     bn_copies = {(p.source, p.destinations[0]): {t.destination: t for t in p.tensors}
                  for p in plan.pairs if len(p.destinations) == 1}
     for pair in [p for p in plan.pairs if len(p.destinations) == 1 and p.source in plan.src.layers]:
         src, dst = plan.src[pair.source], plan.dst[pair.destinations[0]]
         bias = src.key("bias")
-        if bias not in plan.dropped or "bias" in dst.params or not any_glob(bias, plan.mapping.fold):
+        if bias not in plan.dropped or "bias" in dst.params:
             continue
+        asked = any_glob(bias, plan.mapping.fold)
         nxt_src, nxt_dst = src_next.get(src.name), dst_next.get(dst.name)
+        proven = nxt_src is not None and _takes_directly(plan.src, src.name, nxt_src)
         copies = bn_copies.get((nxt_src, nxt_dst)) or {}
         mean = copies.get(f"{nxt_dst}.running_mean")
-        if (mean is None or plan.src[nxt_src].kind != "batch_norm" or plan.dst[nxt_dst].kind != "batch_norm"
-                or mean.shape != src.params["bias"].shape):
+        paired = (mean is not None and plan.src[nxt_src].kind == "batch_norm" and plan.dst[nxt_dst].kind == "batch_norm"
+                  and mean.shape == src.params["bias"].shape)
+        if not (asked or proven):
+            if paired:
+                plan.foldable.append(bias)   # proposed with the refusal: exact if nothing runs in between
+            continue
+        if not paired:
+            if not asked:
+                continue   # the BatchNorms are not paired: the bias stays a decision
             raise PlanError(f"fold {bias!r}: the layers after {src.name} and {dst.name} are not a paired BatchNorm "
                             f"({nxt_src} -> {nxt_dst}); only a bias feeding a BatchNorm directly can be folded")
-        note = f"{mean.transform}, minus {bias} (its bias folded in: exact)"
+        why = "" if asked else f"; the source's config shows {nxt_src} takes {src.name}'s output"
+        note = f"{mean.transform}, minus {bias} (its bias folded in: exact{why})"
         mean.param = lazy.difference(mean.param, src.params["bias"], note)
         mean.transform, mean.sources = note, (*mean.sources, bias)
         plan.dropped.remove(bias)
         plan.warnings = [w for w in plan.warnings if not w.startswith(f"{bias}: has no destination")]
+
+
+def _consumers(graph: LayerGraph) -> dict[str, str]:
+    """``layer -> the one layer with weights it feeds``: from the file's structure where it says
+    (``matching.inputs``), else the next layer in the file's order."""
+    fed: dict[str, list[str]] = {}
+    for layer, source in matching.inputs(graph, list(graph.layers)).items():
+        fed.setdefault(source, []).append(layer)
+    order = list(graph.layers)
+    out = dict(zip(order, order[1:]))
+    out.update({source: layers[0] for source, layers in fed.items() if len(layers) == 1})
+    return {source: layer for source, layer in out.items() if source not in fed or len(fed[source]) == 1}
+
+
+def _takes_directly(graph: LayerGraph, layer: str, norm: str) -> bool:
+    """Whether the source's config shows ``norm`` (a BatchNorm) taking ``layer``'s output as it is."""
+    attrs = graph[norm].attrs
+    return (graph[norm].kind == "batch_norm" and attrs.get("after") == layer and bool(attrs.get("after_direct"))
+            and graph[layer].attrs.get("activation") in LINEAR)
 
 
 def mismatch(plan: Plan, problem: str) -> None:

@@ -23,8 +23,9 @@ def test_a_conv_bias_folds_into_the_next_batch_norm(tmp_path):
     source, dest = _net(bias=True), _net(bias=False)
     torch.save(source.state_dict(), tmp_path / "src.pt")
     torch.save(dest.state_dict(), tmp_path / "dst.pt")
-    with pytest.raises(surgery.StrictError, match="source tensors with no destination: 0.bias"):
+    with pytest.raises(surgery.StrictError, match="source tensors with no destination: 0.bias") as refused:
         surgery.transplant(tmp_path / "src.pt", tmp_path / "dst.pt")  # a state_dict does not say a BN follows
+    assert "no activation between): fold: [\"0.bias\"]" in refused.value.accept_lines  # proposed, not done
     result = surgery.transplant(tmp_path / "src.pt", tmp_path / "dst.pt", {"fold": ["0.bias"]}, output=tmp_path / "out.pt")
     assert result.plan.strict_ok and not result.plan.dropped
     mean = result.plan.copies()["1.running_mean"]

@@ -36,8 +36,10 @@ def test_batch_norm_settings_against_pytorch_defaults():
                      "bn -> features.1: momentum is 0.01 in the source but 0.1 (PyTorch default) in the destination"]
 
 
-def test_a_source_without_bias_explains_the_untouched_destination_bias():
+def test_a_source_without_bias_fills_the_destination_bias_with_zeros():
+    """A dense layer without a bias computes what one with a zero bias computes: exact, and said."""
     src = LayerGraph([_layer("fc1", "dense", {"use_bias": False}, weight=(2, 3))])
     dst = LayerGraph([_layer("fc1", "dense", weight=(2, 3), bias=(2,))])
     plan = surgery.plan(src, dst)
-    assert any("fc1.bias: the source layer fc1 has no bias (use_bias=False)" in w for w in plan.warnings)
+    assert plan.strict_ok and plan.copies()["fc1.bias"].transform == "zeros (the source layer has no bias)"
+    assert not surgery.transplant(src, dst).graph.state()["fc1.bias"].read().any()

@@ -56,7 +56,8 @@ class Evidence:
     def summary(self) -> str:
         """The chosen candidate's error against the best of the others: the margin that settled it."""
         others = [v for k, v in self.errors.items() if k != self.chosen]
-        rest = f", the {len(others)} others >= {min(others):.2g}" if others else ""
+        rest = (f", the other {min(others):.2g}" if len(others) == 1 else
+                f", the {len(others)} others >= {min(others):.2g}" if others else "")
         return f"max abs error {self.errors[self.chosen]:.2g}{rest}" if self.chosen else self.why
 
     def line(self) -> str:

@@ -45,10 +45,11 @@ def test_an_identical_shape_swap(run, keras_resnet, tmp_path):
     result = _transplant(run, source, tmp_path / "port.pt", "--match", "shape", "--probe",
                          "--factory", "fixtures.zoo.resnet:port_conv0", "-o", tmp_path / "out.pt")
     assert result.exit_code == 0, result.stdout + result.stderr
-    assert "kept b1_short -> block.conv0, b1_conv1 -> block.conv1, b1_conv2 -> block.conv2" in result.stdout
+    # conv2 is settled by what feeds it (bn1); the shortcut and conv1 both read the stem: only a run tells
+    assert "kept b1_short -> block.conv0, b1_conv1 -> block.conv1" in result.stdout
     (found,) = _evidence(tmp_path / "out.pt")
     errors = found["max_abs_error"]
-    assert len(errors) == 6 and errors[found["chosen"]] < 1e-4 and sorted(errors.values())[1] > 0.1
+    assert len(errors) == 2 and errors[found["chosen"]] < 1e-4 and sorted(errors.values())[1] > 0.1
     port.load_state_dict(torch.load(tmp_path / "out.pt", weights_only=True))
     x = np.random.default_rng(0).standard_normal((2, *resnet.INPUT)).astype(np.float32)
     with torch.no_grad():

@@ -76,6 +76,13 @@ def apply_config(graph: LayerGraph, model_config: dict) -> None:
     for dense, facts in flatten_facts(specs, graph.notes).items():
         if dense in graph:
             graph[dense].attrs["flatten"] = facts
+    siblings = {(s.parents, s.name): s for s in specs}
+    for spec in specs:
+        source = _weighted_input(spec, siblings, specs, graph)
+        if spec.name in graph and source is not None:
+            graph[spec.name].attrs["after"] = source
+            direct = _predecessor(spec, siblings, specs)
+            graph[spec.name].attrs["after_direct"] = direct is not None and direct.name == source
     graph.meta["keras_config"] = model_config
     graph.meta["architecture"] = True  # the file records the network, not only its weights
 
@@ -104,6 +111,17 @@ def _predecessor(spec: Spec, siblings: dict[tuple, Spec], ordered: list[Spec]) -
         before = [s for s in ordered if s.parents == spec.parents and s.index < spec.index]
         return before[-1] if before else None
     return None
+
+
+def _weighted_input(spec: Spec, siblings: dict, ordered: list[Spec], graph: LayerGraph) -> str | None:
+    """The nearest layer with weights that feeds ``spec`` through its first input (``conv`` for its BatchNorm,
+    across activations and pooling), when the config says; the structure shape matching pairs by."""
+    node = _predecessor(spec, siblings, ordered)
+    for _ in range(len(ordered)):
+        if node is None or node.name in graph:
+            break
+        node = _predecessor(node, siblings, ordered)
+    return node.name if node is not None and node.name in graph else None
 
 
 def flatten_facts(specs: list[Spec], notes: list[str]) -> dict[str, dict]:
