@@ -1,26 +1,21 @@
 """Shape matching by structure: what ``match: shape`` does with the layers no name paired.
 
-Layers are grouped by signature (kind and canonical shapes). A signature held by
-one layer on each side pairs them. Where several layers share a signature, the
-pairs are settled by evidence that does not depend on the order a file stores
-its tensors in:
+Layers are grouped by signature (kind and canonical shapes, a bias left out). One layer
+of a signature on each side pairs them. Where several share a signature, the pairs rest
+on evidence that does not depend on the order a file stores its tensors in, tried in
+this order (docs/matching.md has the full rules and examples):
 
-1. numbered families: layers whose names differ only in their numbers
-   (``encoder.layer.3.attention.self.query``, ``blocks.3.attn.q``) form a family.
-   Two families of the same size pair member by member in the order of their
-   numbers, when the numbers line up slot by slot (``layer1.0.conv3`` and
-   ``conv2_block1_3_conv`` do; a shortcut numbered ``0`` on one side and ``4``
-   on the other does not);
-2. name similarity between families, in words that mean the same
-   (``query``/``q``/``q_proj``, ``LayerNorm``/``ln``/``norm``, ``dense``/``fc``):
-   a family pairs with the one it resembles most when that is mutual and unique;
-3. elimination: a family that only one family on the other side could pair with
-   (of its size, numbered alike), and it with no other.
+1. the same name; numbered families (``encoder.layer.3.attention.self.query`` and
+   ``blocks.3.attn.q``) paired member by member when their numbers line up;
+2. families whose names share telling words (``query``/``q``, ``shortcut``/``downsample``);
+3. elimination: a family only one family on the other side could pair with;
+4. what feeds a layer (a BatchNorm after its settled conv) and the partners of its
+   nearest settled neighbours, repeated until nothing more settles;
+5. fused projections (q, k, v into ``in_proj``/``qkv``), either way round.
 
-What is left is paired by a sequence alignment over each side's order, so that an
-inserted or removed layer does not shift the rest, and every such pair is a
-decision for the user (``plan.ambiguous``) unless the two names agree: equal
-shapes declared in different orders are the trap a matcher must not fall into.
+What is left is paired in each side's order, and each such pair is a decision for the
+user (``plan.ambiguous``): equal shapes declared in different orders are the trap a
+matcher must not fall into. ``--probe`` (``proof/probe.py``) settles them by running both.
 """
 
 from __future__ import annotations
