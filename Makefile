@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/inspect_large.py
 	$(PY) bench/startup.py
+	$(PY) bench/hostile.py
 
 fixtures: $(STAMP)
 	$(PY) fixtures/make_fixtures.py

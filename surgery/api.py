@@ -11,6 +11,7 @@ from .io import refuse_overwrite
 from .compare import DiffReport, diff as _diff
 from .errors import SurgeryError
 from .graph import LayerGraph
+from .mapping import load_map
 from .pairing import make_plan
 from .plans import Plan, StrictError
 
@@ -41,6 +42,7 @@ def plan(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str] = (),
     Raises:
         MapError, PlanError, FormatError: with a message naming the file, layer or map line.
     """
+    mapping = load_map(mapping)  # a bad map is refused before any checkpoint is opened
     return make_plan(load(src, unsafe_pickle=unsafe_pickle), load(dst, unsafe_pickle=unsafe_pickle),
                      mapping, freeze=freeze, match=match)
 
@@ -76,6 +78,7 @@ def transplant(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str]
     """
     if output is not None and not isinstance(src, LayerGraph):
         refuse_overwrite(src, output)  # before any work: the source is never written over
+    mapping = load_map(mapping)  # a bad map is refused before any checkpoint is opened
     src_graph, dst_graph = load(src, unsafe_pickle=unsafe_pickle), load(dst, unsafe_pickle=unsafe_pickle)
     evidence = []
     if probe:

@@ -4,7 +4,8 @@ The files are made by ``make_corpus.py`` (deterministic, committed). A checkpoin
 with ``surgery inspect`` and transplanted into a small valid destination (reading every
 tensor); a map is given to ``surgery transplant``. Each must end with exit code 2,
 exactly one line on stderr naming the file (or its folder), no traceback, and no
-output file. The malicious pickles would create a marker file: it must never appear.
+output file; the line is the one ``expected.tsv`` gives for it, word for word. The malicious
+pickles would create a marker file: it must never appear.
 """
 
 from __future__ import annotations
@@ -45,28 +46,42 @@ def _surgery(*args: object) -> subprocess.CompletedProcess:
                           timeout=60, env=env)
 
 
-def _assert_one_line(result: subprocess.CompletedProcess, name: str) -> None:
+def _expected() -> dict[tuple[str, str], str]:
+    """``(file, command) -> the exact line``, from ``expected.tsv``."""
+    table = {}
+    for line in (CORPUS.parent / "expected.tsv").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            name, command, message = line.split("\t")
+            table[(name, command)] = "surgery: error: " + message.replace("{corpus}", str(CORPUS))
+    return table
+
+
+EXPECTED = _expected()
+
+
+def _assert_one_line(result: subprocess.CompletedProcess, name: str, command: str | None = None) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, (name, result.returncode, result.stderr[-500:])
     assert len(lines) == 1, (name, result.stderr[-800:])
-    assert "Traceback" not in result.stderr and name in lines[0], (name, lines[0])
+    assert "Traceback" not in result.stderr and name.split(".")[0] in lines[0], (name, lines[0])
+    if command is not None:
+        assert lines[0] == EXPECTED[(name, command)], f"{name} ({command}): the message changed:\n{lines[0]}"
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.name)
 def test_every_bad_file_is_one_line_and_exit_2(path, tmp_path):
     MARKER.unlink(missing_ok=True)
-    stem = path.name.split(".")[0]
     if path.name.startswith("map_"):
         out = tmp_path / "out.pt"
         result = _surgery("transplant", TORCH / "cnn_source.pt", TORCH / "cnn_source.pt", "--map", path, "-o", out)
-        _assert_one_line(result, path.name)
+        _assert_one_line(result, path.name, "transplant")
         assert not out.exists()
     else:
         entry = _entry(path)
-        _assert_one_line(_surgery("inspect", entry), stem)
+        _assert_one_line(_surgery("inspect", entry), path.name, "inspect")
         out = tmp_path / "out.safetensors"
         result = _surgery("convert", entry, out)   # reads every tensor, or refuses before
-        _assert_one_line(result, stem)
+        _assert_one_line(result, path.name, "convert")
         assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
     assert not MARKER.exists(), f"{path.name}: pickled code ran"
 

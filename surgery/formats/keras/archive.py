@@ -40,8 +40,8 @@ def read_config(path: str) -> tuple[dict, dict]:
     """The parsed ``config.json`` and ``metadata.json`` of a ``.keras`` archive."""
     try:
         with zipfile.ZipFile(path) as z:
-            config = json.loads(z.read("config.json"))
-            metadata = json.loads(z.read("metadata.json")) if "metadata.json" in z.namelist() else {}
+            config = json.loads(_member(z, "config.json", path))
+            metadata = json.loads(_member(z, "metadata.json", path)) if "metadata.json" in z.namelist() else {}
             if _WEIGHTS not in z.namelist():
                 raise fail(path, f"no {_WEIGHTS} in the archive (sharded Keras weights are not supported)")
     except (zipfile.BadZipFile, OSError) as e:
@@ -53,6 +53,18 @@ def read_config(path: str) -> tuple[dict, dict]:
     if not isinstance(config, dict) or "config" not in config:
         raise fail(path, "config.json does not describe a Keras model (no 'config' key)")
     return config, metadata
+
+
+JSON_LIMIT = 16 << 20   # a Keras config is kilobytes, a very large model's a few megabytes
+
+
+def _member(z: zipfile.ZipFile, name: str, path: str) -> bytes:
+    """A JSON member, decompressed no further than ``JSON_LIMIT``: a zip bomb is refused, not inflated."""
+    with z.open(name) as f:
+        data = f.read(JSON_LIMIT + 1)
+    if len(data) > JSON_LIMIT:
+        raise fail(path, f"{name} inflates past {JSON_LIMIT >> 20} MB (a zip bomb?); a Keras config is far smaller")
+    return data
 
 
 @contextmanager

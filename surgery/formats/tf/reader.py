@@ -185,6 +185,9 @@ def _object_graph(reader: Any, shown: str) -> Any:
     try:
         graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH))
     except Exception as e:
+        if "less bytes" in str(e):  # TF's words for a data file cut short
+            raise fail(shown, "its data file is shorter than the index says (truncated?): the object graph "
+                              f"{OBJECT_GRAPH} runs past its end") from None
         raise fail(shown, f"{OBJECT_GRAPH} is not a valid object graph ({first_line(e)})") from None
     return graph
 

@@ -95,6 +95,8 @@ def _load(path: str, unsafe_pickle: bool, allowed: tuple[str, ...] = ()) -> Any:
                 "rerun with --unsafe-pickle (dangerous)") from None
         raise fail(path, f"not a readable PyTorch checkpoint ({e})") from None
     except Exception as e:  # torch raises RuntimeError, EOFError, ValueError... for damaged files
+        if isinstance(e, EOFError) or "ran out of input" in str(e).lower():
+            raise fail(path, "not a readable PyTorch checkpoint: the file ends early (truncated?)") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise fail(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from None
 
