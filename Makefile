@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test zoo bench fixtures clean
+.PHONY: demo test zoo bench fuzz fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 zoo: $(STAMP)
 	$(PY) -m pytest -m zoo -s -v
+
+# Many more mutants than `make test` runs, freshly random each time, with Hypothesis' statistics.
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} FUZZ_RANDOM=1 $(PY) -m pytest -q -p no:cacheprovider tests/fuzz \
+		--hypothesis-show-statistics
 
 bench: $(STAMP)
 	$(PY) bench/run.py
