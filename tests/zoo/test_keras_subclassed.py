@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.zoo.judge import judge_torch_port
+
 pytestmark = pytest.mark.zoo
 keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
@@ -80,9 +82,4 @@ def test_a_subclassed_keras_model_into_its_pytorch_port(run, saved, tmp_path, na
     result = run(*args)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "head-1" in result.stdout  # the Keras layer name, not the attribute head_1
-    port.load_state_dict(torch.load(tmp_path / "out.pt", weights_only=True))
-    with torch.no_grad():
-        got = port(torch.from_numpy(X).permute(0, 3, 1, 2)).numpy()
-    worst = float(np.abs(got - expected).max())
-    print(f"zoo row subclassed {name}: max abs difference {worst:.3g}")
-    assert worst <= 1e-4
+    judge_torch_port(port, torch.load(tmp_path / "out.pt", weights_only=True), X, expected, f"subclassed {name}")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fixtures.zoo import resnet
+from tests.zoo.judge import judge_torch_port
 
 pytestmark = pytest.mark.zoo
 X = np.random.default_rng(0).standard_normal((2, *resnet.INPUT)).astype(np.float32)
@@ -38,12 +39,7 @@ def test_keras_resnet_into_its_pytorch_port(run, saved, tmp_path, name):
     result = run("transplant", folder / name, tmp_path / "port.pt", "--map", tmp_path / "map.yaml",
                  "-o", tmp_path / "out.pt", "-q")
     assert result.exit_code == 0, result.stdout + result.stderr
-    port.load_state_dict(torch.load(tmp_path / "out.pt", weights_only=True))
-    with torch.no_grad():
-        got = port(torch.from_numpy(X).permute(0, 3, 1, 2)).numpy()
-    worst = float(np.abs(got - expected).max())
-    print(f"zoo row {name}: max abs difference {worst:.3g}")
-    assert worst <= 1e-4
+    judge_torch_port(port, torch.load(tmp_path / "out.pt", weights_only=True), X, expected, name)
 
 
 def test_equal_shapes_declared_in_another_order_settle_by_name(run, saved, tmp_path):
@@ -55,10 +51,7 @@ def test_equal_shapes_declared_in_another_order_settle_by_name(run, saved, tmp_p
     result = run("transplant", folder / "resnet.keras", tmp_path / "port.pt", "--match", "shape",
                  "-o", tmp_path / "out.pt", "-q")
     assert result.exit_code == 0, result.stdout + result.stderr
-    port.load_state_dict(torch.load(tmp_path / "out.pt", weights_only=True))
-    with torch.no_grad():
-        got = port(torch.from_numpy(X).permute(0, 3, 1, 2)).numpy()
-    assert float(np.abs(got - expected).max()) <= 1e-4
+    judge_torch_port(port, torch.load(tmp_path / "out.pt", weights_only=True), X, expected, "resnet.keras by shape")
 
 
 def test_equal_shapes_no_name_tells_apart_are_never_swapped(run, saved, tmp_path):

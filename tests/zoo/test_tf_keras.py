@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.test_keras_pytorch import VGG_MAP, torch_vgg
+from tests.zoo.judge import judge_torch_port
 
 pytestmark = pytest.mark.zoo
 tf_keras = pytest.importorskip("tf_keras")
@@ -57,12 +58,7 @@ def test_keras2_files_into_the_pytorch_port(run, saved, tmp_path, torch, name):
     result = run("transplant", folder / name, tmp_path / "port.pt", "--map", tmp_path / "map.yaml",
                  "-o", tmp_path / "out.pt", "-q")
     assert result.exit_code == 0, result.stdout + result.stderr
-    net.load_state_dict(torch.load(tmp_path / "out.pt", weights_only=True))
-    with torch.no_grad():
-        got = net(torch.from_numpy(np.ascontiguousarray(X.transpose(0, 3, 1, 2)))).numpy()
-    worst = float(np.abs(got - expected).max())
-    print(f"zoo row tf_keras {name}: max abs difference {worst:.3g}")
-    assert worst <= 1e-4
+    judge_torch_port(net, torch.load(tmp_path / "out.pt", weights_only=True), X, expected, f"tf_keras {name}")
 
 
 @pytest.mark.parametrize("name", ["legacy.h5", "weights.h5", "ckpt.index", "model.keras"])
