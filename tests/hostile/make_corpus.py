@@ -94,6 +94,10 @@ def make_keras() -> None:
     weights = (FIX / "keras" / "vgg.weights.h5").read_bytes()
     (OUT / "h5_truncated.weights.h5").write_bytes(weights[: len(weights) // 2])
     (OUT / "h5_garbage.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\xff" * 600)
+    # Found by tests/fuzz: one byte inserted mid-file shifts every address after it, and reading the
+    # `layer_names` attribute then never returned from the HDF5 library.
+    legacy = (FIX / "keras" / "vgg.h5").read_bytes()
+    (OUT / "h5_inserted_byte.h5").write_bytes(legacy[:12899] + b"\x00" + legacy[12899:])
     with zipfile.ZipFile(FIX / "keras" / "vgg.keras") as z:
         members = {i.filename: z.read(i) for i in z.infolist()}
     config = json.loads(members["config.json"])

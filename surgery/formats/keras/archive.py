@@ -72,8 +72,11 @@ def _weights_in_zip(path: str) -> Iterator[Any]:
     import h5py
 
     try:
-        with zipfile.ZipFile(path) as z, z.open(_WEIGHTS) as member, h5py.File(member, "r") as f:
-            yield f
+        with zipfile.ZipFile(path) as z:
+            with z.open(_WEIGHTS) as member:
+                h5.check_size(member.read(4096), z.getinfo(_WEIGHTS).file_size, f"{path}:{_WEIGHTS}")
+            with z.open(_WEIGHTS) as member, h5py.File(member, "r") as f:
+                yield f
     except (zipfile.BadZipFile, OSError, KeyError, ValueError, EOFError) as e:  # a damaged member or HDF5
         raise fail(path, f"damaged archive: {e}") from None
 

@@ -58,8 +58,52 @@ def _h5py():
 
 
 def opener_for(path: str) -> Callable[[], Any]:
-    """A callable opening ``path`` read-only as an ``h5py.File``."""
-    return lambda: _h5py().File(path, "r")
+    """A callable opening ``path`` read-only as an ``h5py.File``, once its size is checked."""
+    def open_checked() -> Any:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            check_size(head, os.fstat(f.fileno()).st_size, path)
+        return _h5py().File(path, "r")
+    return open_checked
+
+
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_size(head: bytes, size: int, path: str) -> None:
+    """Refuse an HDF5 file whose size is not the end of file its superblock records.
+
+    Bytes inserted or appended shift every address after them, and the HDF5 library
+    can then spin for ever following a heap that is not there (the fuzzer found one:
+    reading ``layer_names`` never returned). A truncated file the library refuses itself.
+    """
+    eof = _superblock_eof(head)
+    if eof is not None and eof > size:
+        raise fail(path, f"truncated: the HDF5 file is {size} bytes but its superblock says {eof}")
+    if eof is not None and eof < size:
+        raise fail(path, f"damaged: the HDF5 file is {size} bytes but its superblock says {eof} (bytes inserted "
+                         "or appended)")
+
+
+def _superblock_eof(head: bytes) -> int | None:
+    """The end-of-file address a superblock (version 0 to 3) records, base address added; None if unreadable."""
+    for start in (0, 512, 1024, 2048):
+        if head[start:start + 8] != _SIGNATURE or len(head) < start + 48:
+            continue
+        version = head[start + 8]
+        if version in (0, 1):
+            size = head[start + 13]
+            first = start + (24 if version == 0 else 28)
+        elif version in (2, 3):
+            size = head[start + 9]
+            first = start + 12
+        else:
+            return None
+        if size not in (2, 4, 8) or len(head) < first + 3 * size:
+            return None
+        base, eof = (int.from_bytes(head[first + k * size:first + (k + 1) * size], "little") for k in (0, 2))
+        return base + eof
+    return None
 
 
 def read(path: str, *, config: dict | None = None, opener: Callable[[], Any] | None = None,
