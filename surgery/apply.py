@@ -21,7 +21,7 @@ from . import dtypes, formats, settings
 from ._version import __version__
 from .errors import SurgeryError
 from .graph import Layer, LayerGraph
-from .io import atomic_path, progress, refuse_overwrite, sha256_file
+from .io import atomic_path, full_disk_is_an_error, progress, refuse_overwrite, sha256_file
 from .stream import streamed
 from .pairing import make_plan
 from .plans import Plan, StrictError
@@ -141,14 +141,15 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
 
     watched, ahead = streamed(graph, on_read)
     try:
-        with bar:
+        with bar, full_disk_is_an_error(path):
             written = _write(watched, path, name, max_shard_size)
     finally:
         ahead.close()
     if result is not None:
         result.output = path
         result.source_sha256 = src_hash.result()
-        written.append(write_record(result, path))
+        with full_disk_is_an_error(f"{path}.surgery.json"):
+            written.append(write_record(result, path))
     return written
 
 
