@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test zoo bench fixtures clean
+.PHONY: demo test zoo faults bench fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 zoo: $(STAMP)
 	$(PY) -m pytest -m zoo -s -v
+
+# kill -9 at random moments of ~200 MB writes (single file, sharded, TF checkpoint); prints the tallies.
+faults: $(STAMP)
+	$(PY) -m pytest -m faults -s -v tests/faults
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -70,6 +70,21 @@ def hold(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str) -> Iterator[None]:
+    """Hold ``folder``'s lock: writers of a multi-file set in one folder take turns.
+
+    A set's writer may then remove files a killed writer of the set left, knowing
+    no live one is about to name them in its index.
+    """
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        hold(fd)
+        yield
+    finally:
+        os.close(fd)
+
+
 def sweep_stale(folder: str, pattern: str) -> list[str]:
     """Remove the temporary files and folders matching ``pattern`` in ``folder`` that no live writer holds.
 

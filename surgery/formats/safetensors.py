@@ -260,30 +260,49 @@ def write_sharded(graph: LayerGraph, path: str, max_shard_size: int) -> list[str
 
     The new shards take names no existing file has (``free_shard_names``), so
     the old index keeps naming the old, untouched shards until the new index is
-    renamed over it: that rename commits the set. Only then are the files of
-    older sets removed. A kill at any moment leaves the old set or the new one,
-    each consistent, plus at most some unnamed shards that the next write removes.
+    renamed over it: that rename commits the set. Only then are the old shards
+    removed. A kill at any moment leaves the old set or the new one, each whole;
+    the shards and temporary files of a killed write are removed by the next.
     """
-    from ..io import atomic_path, sweep_stale
+    from ..io import atomic_path, folder_lock, sweep_stale
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    stem = os.path.basename(_stem(path))
-    sweep_stale(folder, f".{glob.escape(stem)}-*-of-*.safetensors.*.tmp")  # shards of killed writes, of any generation
     shards = plan_shards(graph, max_shard_size)
-    names = free_shard_names(path, len(shards))
     _, index_path = shard_names(path, len(shards))
-    weight_map: dict[str, str] = {}
-    tied = aliases(graph)
-    for name, tensors in zip(names, shards):
-        with atomic_path(name) as tmp:
-            write_file(tmp, tensors, {"format": "pt"})
-        weight_map.update({key: os.path.basename(name) for key, _ in tensors})
-    index = {"metadata": {"total_size": sum(p.nbytes for s in shards for _, p in s), **({"aliases": tied} if tied else {})},
-             "weight_map": weight_map}
-    with atomic_path(index_path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2)
-    for old in set(shard_files(path)) - {os.path.abspath(n) for n in names}:
-        os.unlink(old)
+    with folder_lock(folder):
+        stem = glob.escape(os.path.basename(_stem(path)))
+        sweep_stale(folder, f".{stem}-*-of-*.safetensors.*.tmp")
+        sweep_stale(folder, f".{stem}{INDEX_SUFFIX}.*.tmp")
+        _remove_shards_but(path, _named_shards(index_path))
+        names = free_shard_names(path, len(shards))
+        weight_map: dict[str, str] = {}
+        for name, tensors in zip(names, shards):
+            with atomic_path(name) as tmp:
+                write_file(tmp, tensors, {"format": "pt"})
+            weight_map.update({key: os.path.basename(name) for key, _ in tensors})
+        tied = aliases(graph)
+        metadata = {"total_size": sum(p.nbytes for s in shards for _, p in s), **({"aliases": tied} if tied else {})}
+        with atomic_path(index_path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"metadata": metadata, "weight_map": weight_map}, f, indent=2)
+        _remove_shards_but(path, names)
     return [*names, index_path]
+
+
+def _named_shards(index_path: str) -> list[str]:
+    """The shard files an existing index names; every shard-named file when there is no readable index."""
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        return [os.path.join(os.path.dirname(index_path), name) for name in set(weight_map.values())]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError):  # not ours to judge: remove nothing
+        return shard_files(index_path[: -len(INDEX_SUFFIX)])
+
+
+def _remove_shards_but(path: str, keep: list[str]) -> None:
+    """Remove the files named as shards of ``path`` (any count, any generation) but ``keep``."""
+    for name in set(shard_files(path)) - {os.path.abspath(k) for k in keep}:
+        os.unlink(name)
