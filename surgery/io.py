@@ -156,23 +156,11 @@ def fsync_path(path: str) -> None:
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two paths name the same file (both must exist to be the same)."""
+    """Whether two paths name the same file: one inode, or (for a file not yet written) one resolved path."""
     try:
         return os.path.samefile(a, b)
     except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
-def _checkpoint_file(path: str | os.PathLike) -> str:
-    """A TF checkpoint is named by its prefix or its ``.index``: compare the index file."""
-    path = os.fspath(path)
-    return path if path.endswith(".index") or not os.path.exists(path + ".index") else path + ".index"
-
-
-def refuse_overwrite(src: str | os.PathLike, out: str | os.PathLike) -> None:
-    """Refuse to write over a source: the source is never opened for writing."""
-    if same_file(_checkpoint_file(src), _checkpoint_file(out)):
-        raise SurgeryError(f"{out}: output is the source file; choose another output (-o)")
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

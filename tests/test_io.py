@@ -3,7 +3,8 @@ import os
 import pytest
 
 from surgery.errors import SurgeryError
-from surgery.io import atomic_path, refuse_overwrite
+from surgery.formats.footprint import refuse_overwrite
+from surgery.io import atomic_path
 
 
 def test_atomic_path_replaces_on_success(tmp_path):
