@@ -9,9 +9,9 @@ CLI in a subprocess, kills it at a random moment of the write, then checks what 
 - a temporary file a kill left is gone once the next run has started writing, and a last complete
   run leaves nothing but the output (no temporary file, no shard or data file its index does not name).
 
-The moments: uninterrupted runs first measure the write (the faster of two), from its first temporary file to its
+The moments: one uninterrupted run first measures the write, from its first temporary file to its
 commit (the rename of the file that makes the new output visible); each kill then waits for its run's first temporary file and sleeps a seeded uniform delay over
-110% of that duration, so kills land anywhere in the write, its commit, and just after it.
+120% of that duration, so kills land anywhere in the write, its commit, and just after it.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import os
 import pathlib
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ from tests.faults.conftest import child_env, surgery_command
 
 TENSORS = 10
 SHORT_MB, LONG_MB = 20, 200
-SPREAD = 1.1  # kills spread over 110% of the measured write
+SPREAD = 1.2  # kills spread over 120% of the measured write: the commit, the clean-up after it and the exit too
 
 
 @dataclass
@@ -84,7 +85,7 @@ OUTPUTS = [
     Output("sharded", "model.safetensors", "model.safetensors.index.json", lambda total: ["--max-shard-size", str(total // 4)],
            lambda out: _safetensors_content(out / "model.safetensors.index.json"), {SHORT_MB: 20, LONG_MB: 50}),
     Output("tf", "ckpt.index", "ckpt.index", lambda total: [],
-           lambda out: _tf_content(out / "ckpt"), {SHORT_MB: 3, LONG_MB: 20}),
+           lambda out: _tf_content(out / "ckpt"), {SHORT_MB: 2, LONG_MB: 20}),
 ]
 
 
@@ -124,81 +125,97 @@ class Killer:
     def measure(self) -> float:
         """Seconds from the first temporary file of an uninterrupted run to its commit (the rename of ``commit``)."""
         old = self.commit.stat().st_ino
-        proc = self._start()
-        started = time.monotonic()
-        while proc.poll() is None and self.commit.stat().st_ino == old:
-            time.sleep(0.001)
-        window = time.monotonic() - started
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, f"the uninterrupted run failed: {err.decode()[-800:]}"
+        with tempfile.TemporaryFile() as err:
+            proc = self._start(err)
+            started = time.monotonic()
+            while proc.poll() is None and self.commit.stat().st_ino == old:
+                time.sleep(0.001)
+            window = time.monotonic() - started
+            proc.wait(timeout=600)
+            err.seek(0)
+            assert proc.returncode == 0, f"the uninterrupted run failed: {err.read().decode()[-800:]}"
         return window
 
     def kill(self, delay: float) -> bool:
         """Kill a run ``delay`` seconds after its first temporary file; whether it had ended by then."""
-        proc = self._start()
+        proc = self._start(subprocess.DEVNULL)
         time.sleep(delay)
         ended = proc.poll() is not None
         proc.kill()
-        proc.communicate(timeout=60)
+        proc.wait(timeout=60)
         return ended
 
-    def _start(self) -> subprocess.Popen:
+    def _start(self, stderr: Any) -> subprocess.Popen:
         """A run, returned once it has made its first temporary file (or ended)."""
         before = _leftovers(self.out)
-        proc = subprocess.Popen(self.command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(self.command, env=child_env(), stdout=subprocess.DEVNULL, stderr=stderr)
         while proc.poll() is None and not _leftovers(self.out) - before:
             time.sleep(0.001)
         return proc
 
 
-def _restore(out: pathlib.Path, pristine: pathlib.Path) -> None:
-    """Put the old output back (its files only: what a kill left beside it stays for the next run to sweep)."""
-    for name in _files(out):
-        (out / name).unlink()
-    for p in pristine.iterdir():
-        shutil.copy2(p, out / p.name)
+@dataclass
+class Old:
+    """The output in place before each run: its files' digests, its content, and a copy to put it back."""
+
+    files: dict[str, str]
+    content: dict[str, str]
+    copy: pathlib.Path
+
+    def intact(self, out: pathlib.Path) -> bool:
+        """Every file of the old output there, byte for byte (files it does not name are checked at the end)."""
+        files = _files(out)
+        return all(files.get(name) == digest for name, digest in self.files.items())
+
+    def restore(self, out: pathlib.Path) -> None:
+        """Put the old output back (its files only: what a kill left beside it stays for the next run to sweep)."""
+        for name in _files(out):
+            (out / name).unlink()
+        for p in self.copy.iterdir():
+            shutil.copy2(p, out / p.name)
+
+
+def _prepare(case: Output, tmp_path: pathlib.Path, megabytes: int) -> tuple[Killer, Old]:
+    """A new source, an old output written by surgery from another source, and the command between them."""
+    import surgery as api
+
+    src, out = tmp_path / "new.safetensors", tmp_path / "out"
+    out.mkdir()
+    options = case.options(_source(src, megabytes, seed=1))
+    _source(tmp_path / "old.safetensors", megabytes, seed=2)
+    api.convert(str(tmp_path / "old.safetensors"), str(out / case.target),
+                max_shard_size=int(options[1]) if options else None)
+    shutil.copytree(out, tmp_path / "old")
+    old = Old(_files(out), case.content(out), tmp_path / "old")
+    return Killer(surgery_command("convert", src, out / case.target, "-q", *options), out, out / case.commit), old
 
 
 def _kill_many(case: Output, tmp_path: pathlib.Path, megabytes: int) -> collections.Counter:
     """The whole experiment for one output kind and size; returns the outcome counts."""
-    import surgery as api
-
-    src, out, pristine = tmp_path / "new.safetensors", tmp_path / "out", tmp_path / "pristine"
-    out.mkdir()
-    total = _source(src, megabytes, seed=1)
-    _source(tmp_path / "old.safetensors", megabytes, seed=2)
-    options = case.options(total)
-    shard = int(options[1]) if options else None
-    api.convert(str(tmp_path / "old.safetensors"), str(out / case.target), max_shard_size=shard)
-    shutil.copytree(out, pristine)
-    old_files, old_content = _files(out), case.content(out)
-    killer = Killer(surgery_command("convert", src, out / case.target, "-q", *options), out, out / case.commit)
-
-    window = min(killer.measure() for _ in range(2))  # the first run also warms the page cache
+    killer, old = _prepare(case, tmp_path, megabytes)
+    out = killer.out
+    window = killer.measure()
     new_content = case.content(out)
     if case.name != "tf":
-        assert new_content == _safetensors_content(src), "the complete output should hold the source's tensors"
-    assert new_content != old_content
-    _restore(out, pristine)
+        assert new_content == _safetensors_content(tmp_path / "new.safetensors"), "the new output lacks tensors"
+    assert new_content != old.content
+    old.restore(out)
 
     rng = np.random.default_rng(sum(map(ord, case.name)) + megabytes)
     outcomes: collections.Counter = collections.Counter()
     left: set[str] = set()
     for k in range(case.kills[megabytes]):
         delay = float(rng.uniform(0, SPREAD * window))
-        ended = killer.kill(delay)
+        outcomes["after exit"] += killer.kill(delay)
         what = f"kill {k + 1} of {case.name} {megabytes} MB at {delay:.3f} s into a {window:.3f} s write"
         swept = left & _leftovers(out)
         assert not swept, f"{what}: the run did not remove what the previous kill left: {sorted(swept)}"
-        files = _files(out)
-        if all(files.get(name) == digest for name, digest in old_files.items()):
-            outcomes["old"] += 1  # files beside it that the old output does not name are checked at the end
+        if old.intact(out):
+            outcomes["old"] += 1
         else:
-            content = case.content(out)
-            assert content == new_content, f"{what}: the output is neither the old one nor the complete new one"
+            assert case.content(out) == new_content, f"{what}: the output is neither the old one nor the new one"
             outcomes["new"] += 1
-            _restore(out, pristine)
-        outcomes["after exit"] += ended
+            old.restore(out)
         left = {name for name in _leftovers(out) if _has_data(out / name)}
     _last_run_leaves_only_the_output(case, killer, new_content)
     print(f"\nkill -9 {case.name} {megabytes} MB: {case.kills[megabytes]} kills over a {window:.2f} s write: "
