@@ -13,6 +13,7 @@ from typing import Callable
 
 from ..errors import FormatError, SurgeryError
 from ..io import same_file
+from . import detect, for_output
 
 
 def refuse_overwrite(src: str | os.PathLike, out: str | os.PathLike, *, max_shard_size: int | None = None,
@@ -28,11 +29,12 @@ def refuse_overwrite(src: str | os.PathLike, out: str | os.PathLike, *, max_shar
     """
     src, out = os.fspath(src), os.fspath(out)
     sources = source_files(src)
-    for written in output_files(out, max_shard_size=max_shard_size, like=like, template=template):
+    outputs = output_files(out, max_shard_size=max_shard_size, like=like, template=template)
+    for written in outputs:
         hit = next((read for read in sources if same_file(written, read)), None)
         if hit is None:
             continue
-        if same_file(hit, sources[0]) and same_file(written, _main_output(out)):
+        if written == outputs[0] and hit == sources[0]:
             raise SurgeryError(f"{out}: output is the source file; choose another output (-o)")
         raise SurgeryError(f"{out}: writing it would replace or remove {hit}, a file of the source {src}; "
                            "choose another output (-o)")
@@ -40,8 +42,6 @@ def refuse_overwrite(src: str | os.PathLike, out: str | os.PathLike, *, max_shar
 
 def source_files(path: str) -> list[str]:
     """Every file a checkpoint is read from, its main file first (an unreadable path stands for itself)."""
-    from . import detect
-
     if path.endswith(".index.json"):  # a shard set, safetensors or PyTorch
         return _shard_set(path)
     try:
@@ -54,8 +54,6 @@ def source_files(path: str) -> list[str]:
 def output_files(path: str, *, max_shard_size: int | None = None, like: str | None = None,
                  template: str | None = None) -> list[str]:
     """Every existing or future file that writing ``path`` replaces or removes, its main file first."""
-    from . import for_output
-
     try:
         name = for_output(path, like=like)
     except FormatError:
@@ -65,12 +63,6 @@ def output_files(path: str, *, max_shard_size: int | None = None, like: str | No
     if name == "onnx" and template:
         return _onnx_output(path, template)
     return _OUTPUTS.get(name, lambda p: [p])(path)
-
-
-def _main_output(path: str) -> str:
-    from .tf.reader import INDEX, prefix_of
-
-    return prefix_of(path) + INDEX if path.endswith(INDEX) or os.path.isfile(path + INDEX) else path
 
 
 def _shard_set(index: str) -> list[str]:
