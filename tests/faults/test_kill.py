@@ -9,9 +9,10 @@ CLI in a subprocess, kills it at a random moment of the write, then checks what 
 - a temporary file a kill left is gone once the next run has started writing, and a last complete
   run leaves nothing but the output (no temporary file, no shard or data file its index does not name).
 
-The moments: one uninterrupted run first measures the write, from its first temporary file to its
-commit (the rename of the file that makes the new output visible); each kill then waits for its run's first temporary file and sleeps a seeded uniform delay over
-120% of that duration, so kills land anywhere in the write, its commit, and just after it.
+The moments: two uninterrupted runs first measure the write (the faster counts), from its first
+temporary file to its commit (the rename that makes the new output visible). Each kill then waits
+for its run's first temporary file and sleeps a seeded uniform delay over 150% of that duration,
+so kills land anywhere in the write, its commit, and just after it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tests.faults.conftest import child_env, surgery_command
 
 TENSORS = 10
 SHORT_MB, LONG_MB = 20, 200
-SPREAD = 1.2  # kills spread over 120% of the measured write: the commit, the clean-up after it and the exit too
+SPREAD = 1.5  # kills spread over 150% of the measured write: the commit, the clean-up after it and the exit too
 
 
 @dataclass
@@ -194,7 +195,7 @@ def _kill_many(case: Output, tmp_path: pathlib.Path, megabytes: int) -> collecti
     """The whole experiment for one output kind and size; returns the outcome counts."""
     killer, old = _prepare(case, tmp_path, megabytes)
     out = killer.out
-    window = killer.measure()
+    window = min(killer.measure(), killer.measure())  # the faster of two: the first also warms the caches
     new_content = case.content(out)
     if case.name != "tf":
         assert new_content == _safetensors_content(tmp_path / "new.safetensors"), "the new output lacks tensors"

@@ -126,11 +126,13 @@ def _spread(prefix: str, count: int) -> None:
 
     TensorFlow's own ``MergeV2Checkpoints`` joins the parts, as its sharded
     saver does. A shard needs an entry, so a checkpoint of fewer entries than
-    ``count`` stays in one shard (and the old one is then replaced file by file).
+    ``count`` stays in one shard, and its commit then renames data over data.
     """
+    if count == 1:
+        return
     reader = open_reader(prefix, prefix)
     keys = sorted(reader.get_variable_to_shape_map())
-    if count == 1 or len(keys) < count:
+    if len(keys) < count:
         return
     tf = import_tf()
     parts = [f"{prefix}.part{i}" for i in range(count)]
