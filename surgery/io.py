@@ -140,11 +140,21 @@ def full_disk_is_an_error(target: str | os.PathLike) -> Iterator[None]:
     """
     try:
         yield
-    except OSError as e:
-        if e.errno not in _NO_SPACE:
+    except Exception as e:
+        code = _no_space(e)
+        if code is None:
             raise
-        raise SurgeryError(f"{os.fspath(target)}: {_NO_SPACE[e.errno]} while writing it; nothing was "
+        raise SurgeryError(f"{os.fspath(target)}: {_NO_SPACE[code]} while writing it; nothing was "
                            "written and any previous file is unchanged") from None
+
+
+def _no_space(error: Exception) -> int | None:
+    """The errno of a full disk behind ``error``: an OSError's own, or the one a C++ writer
+    (TensorFlow, HDF5) quotes in its message, which is all they pass on."""
+    if isinstance(error, OSError) and error.errno in _NO_SPACE:
+        return error.errno
+    text = str(error)
+    return next((code for code in _NO_SPACE if os.strerror(code) in text), None)
 
 
 def fsync_path(path: str) -> None:

@@ -92,3 +92,17 @@ def test_a_full_disk_is_one_line_naming_the_output(tmp_path):
     with pytest.raises(PermissionError):  # any other OSError is not a full disk: it goes on as it was
         with full_disk_is_an_error(target):
             raise PermissionError(errno.EACCES, "denied")
+
+
+def test_a_full_disk_quoted_by_a_cpp_writer_is_one_line_too():
+    """TensorFlow and HDF5 pass on only the strerror text of a failed write."""
+    import errno
+
+    from surgery.io import full_disk_is_an_error
+
+    with pytest.raises(SurgeryError, match="out.ckpt: no space left"):
+        with full_disk_is_an_error("out.ckpt"):
+            raise RuntimeError(f"SaveV2: /tmp/x.tempstate1; {os.strerror(errno.ENOSPC)} [Op:SaveV2]")
+    with pytest.raises(RuntimeError, match="unrelated"):
+        with full_disk_is_an_error("out.ckpt"):
+            raise RuntimeError("unrelated")

@@ -43,9 +43,13 @@ def _snapshot(folder: pathlib.Path) -> dict[str, str]:
     ("model.safetensors", []),
     ("model.safetensors", ["--max-shard-size", "3MB"]),
     ("model.pt", []),
-], ids=["safetensors", "sharded", "torch"])
+    ("ckpt.index", []),
+], ids=["safetensors", "sharded", "torch", "tf"])
 def test_a_full_disk_is_one_line_and_leaves_the_old_output(target, options, tmp_path):
     import surgery
+
+    if target.endswith(".index"):
+        pytest.importorskip("tensorflow")
 
     src, out = tmp_path / "new.safetensors", tmp_path / "out"
     out.mkdir()
