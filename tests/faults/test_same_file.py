@@ -25,11 +25,11 @@ def _snapshot(folder: pathlib.Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _refused(folder: pathlib.Path, *args: object, cwd: pathlib.Path | None = None, names: str = "") -> None:
-    """Run the CLI: it must refuse with one line naming ``names`` (default: the output) and change nothing."""
+def _refused(folder: pathlib.Path, shown: object, *args: object, cwd: pathlib.Path | None = None) -> None:
+    """Run the CLI: one line naming ``shown`` and the source, exit 2, nothing under ``folder`` changed."""
     before = _snapshot(folder)
     result = surgery(*args, cwd=cwd)
-    assert_one_line_error(result, names or str(args[2 if args[0] == "convert" else 3]), "source")
+    assert_one_line_error(result, str(shown), "source")
     after = _snapshot(folder)
     assert after == before, f"changed or added: {sorted(k for k in after if after[k] != before.get(k))}"
 
@@ -53,7 +53,7 @@ def test_a_single_file_output_that_is_the_source_is_refused(spelling, single):
     elif spelling == "linked_folder":
         os.symlink(folder, folder / "alias")
     src = "model.safetensors" if spelling in ("dot", "dotdot") else single
-    _refused(folder, "convert", src, out, cwd=folder)
+    _refused(folder, out, "convert", src, out, cwd=folder)
 
 
 @pytest.fixture
@@ -66,25 +66,25 @@ def shard_set(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 def test_a_sharded_output_over_the_source_set_is_refused(shard_set):
-    _refused(shard_set, "convert", shard_set / "model.safetensors.index.json", shard_set / "model.safetensors",
-             "--max-shard-size", "20kB")
+    out = shard_set / "model.safetensors"
+    _refused(shard_set, out, "convert", shard_set / "model.safetensors.index.json", out, "--max-shard-size", "20kB")
 
 
 def test_a_sharded_output_that_would_remove_the_sources_shards_is_refused(shard_set):
     """The source index has another name but its shards are named as the output's: a new set removes them."""
     os.rename(shard_set / "model.safetensors.index.json", shard_set / "weights.safetensors.index.json")
-    _refused(shard_set, "convert", shard_set / "weights.safetensors.index.json", shard_set / "model.safetensors",
-             "--max-shard-size", "20kB")
+    out = shard_set / "model.safetensors"
+    _refused(shard_set, out, "convert", shard_set / "weights.safetensors.index.json", out, "--max-shard-size", "20kB")
 
 
 def test_a_model_folder_source_and_a_sharded_output_inside_it_are_refused(shard_set):
-    _refused(shard_set, "convert", shard_set, shard_set / "model.safetensors", "--max-shard-size", "20kB")
+    out = shard_set / "model.safetensors"
+    _refused(shard_set, out, "convert", shard_set, out, "--max-shard-size", "20kB")
 
 
 def test_a_folder_output_holding_the_source_is_refused(shard_set):
     """A DCP output (``dir/``) is renamed over the folder, and with it the source's shards."""
-    _refused(shard_set.parent, "convert", shard_set / "model.safetensors.index.json", f"{shard_set}/",
-             names=str(shard_set))
+    _refused(shard_set.parent, shard_set, "convert", shard_set / "model.safetensors.index.json", f"{shard_set}/")
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def test_a_tf_checkpoint_output_over_the_source_is_refused(spelling, tf_checkpoi
     if spelling == "linked_folder":
         os.symlink(folder, folder / "alias")
     src = tf_checkpoint if spelling == "prefix" else f"{tf_checkpoint}.index"
-    _refused(folder, "convert", src, out)
+    _refused(folder, out, "convert", src, out)
 
 
 def test_a_tf_output_whose_data_file_is_a_link_to_the_sources_is_refused(tf_checkpoint):
@@ -111,7 +111,7 @@ def test_a_tf_output_whose_data_file_is_a_link_to_the_sources_is_refused(tf_chec
     folder = tf_checkpoint.parent
     os.link(f"{tf_checkpoint}.data-00000-of-00001", folder / "out.data-00000-of-00001")
     shutil.copy(f"{tf_checkpoint}.index", folder / "out.index")
-    _refused(folder, "convert", f"{tf_checkpoint}.index", folder / "out.index")
+    _refused(folder, folder / "out.index", "convert", f"{tf_checkpoint}.index", folder / "out.index")
 
 
 def test_a_dcp_output_over_the_source_folder_is_refused(tmp_path):
@@ -119,7 +119,7 @@ def test_a_dcp_output_over_the_source_folder_is_refused(tmp_path):
 
     dcp = tmp_path / "dcp"
     api.convert(str(TORCH / "cnn_source.safetensors"), f"{dcp}/")
-    _refused(tmp_path, "convert", dcp, f"{dcp}/", names=str(dcp))
+    _refused(tmp_path, dcp, "convert", dcp, f"{dcp}/")
 
 
 def test_an_onnx_output_writing_the_sources_external_data_is_refused(tmp_path):
@@ -129,5 +129,5 @@ def test_an_onnx_output_writing_the_sources_external_data_is_refused(tmp_path):
         folder.mkdir()
         for name in ("cnn_ext.onnx", "cnn_ext.onnx.data"):
             shutil.copy(FIXTURES / "onnx" / name, folder / name)
-    _refused(tmp_path, "transplant", src_folder / "cnn_ext.onnx", dst_folder / "cnn_ext.onnx",
-             "-o", src_folder / "out.onnx", names=str(src_folder / "cnn_ext.onnx.data"))
+    _refused(tmp_path, src_folder / "cnn_ext.onnx.data", "transplant", src_folder / "cnn_ext.onnx",
+             dst_folder / "cnn_ext.onnx", "-o", src_folder / "out.onnx")
