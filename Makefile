@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test zoo bench fuzz fixtures clean
+.PHONY: demo test zoo faults fuzz bench fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 zoo: $(STAMP)
 	$(PY) -m pytest -m zoo -s -v
+
+# kill -9 at random moments of ~200 MB writes (single file, sharded, TF checkpoint); prints the tallies.
+faults: $(STAMP)
+	$(PY) -m pytest -m faults -s -v tests/faults
 
 # Many more mutants than `make test` runs, freshly random each time, with Hypothesis' statistics.
 fuzz: $(STAMP)

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 from . import formats
 from .apply import Transplant, save, transplant_graphs, write_report
-from .io import refuse_overwrite
+from .formats.footprint import refuse_overwrite
 from .compare import DiffReport, diff as _diff
 from .errors import SurgeryError
 from .graph import LayerGraph
@@ -77,7 +77,7 @@ def transplant(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str]
         >>> surgery.transplant("vgg16.h5", "vgg.pt", mapping="map.yaml", output="port.pt")  # doctest: +SKIP
     """
     if output is not None and not isinstance(src, LayerGraph):
-        refuse_overwrite(src, output)  # before any work: the source is never written over
+        refuse_overwrite(src, output, max_shard_size=max_shard_size)  # before any work: never write over the source
     mapping = load_map(mapping)  # a bad map is refused before any checkpoint is opened
     src_graph, dst_graph = load(src, unsafe_pickle=unsafe_pickle), load(dst, unsafe_pickle=unsafe_pickle)
     evidence = []
@@ -125,6 +125,8 @@ def convert(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None = 
     Example:
         >>> surgery.convert("pytorch_model.bin", "model.safetensors")  # doctest: +SKIP
     """
+    if not isinstance(src, LayerGraph):
+        refuse_overwrite(src, out, max_shard_size=max_shard_size)  # before any work: never write over the source
     graph = load(src, unsafe_pickle=unsafe_pickle)
     return save(graph, out, max_shard_size=max_shard_size, quiet=quiet, source=graph.path)
 

@@ -21,7 +21,8 @@ from . import dtypes, formats, settings
 from ._version import __version__
 from .errors import SurgeryError
 from .graph import Layer, LayerGraph
-from .io import atomic_path, progress, refuse_overwrite, sha256_file
+from .formats.footprint import refuse_overwrite
+from .io import atomic_path, full_disk_is_an_error, progress, sha256_file
 from .stream import streamed
 from .pairing import make_plan
 from .plans import Plan, StrictError
@@ -124,8 +125,9 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
     path = os.fspath(path)
     result = obj if isinstance(obj, Transplant) else None
     graph = result.graph if result else obj
+    template = graph.path if graph.format == "onnx" else None  # an ONNX output writes its template's data files
     for origin in filter(None, [source, result and result.plan.src.path]):
-        refuse_overwrite(origin, path)
+        refuse_overwrite(origin, path, max_shard_size=max_shard_size, like=graph.format, template=template)
     name = formats.for_output(path, like=graph.format)
     copied = set(result.plan.copies()) if result else set()
     src_hash = _hash_in_background(result.plan.src.path if result else None)
@@ -141,14 +143,15 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
 
     watched, ahead = streamed(graph, on_read)
     try:
-        with bar:
+        with bar, full_disk_is_an_error(path):
             written = _write(watched, path, name, max_shard_size)
     finally:
         ahead.close()
     if result is not None:
         result.output = path
         result.source_sha256 = src_hash.result()
-        written.append(write_record(result, path))
+        with full_disk_is_an_error(f"{path}.surgery.json"):
+            written.append(write_record(result, path))
     return written
 
 

@@ -1,35 +1,57 @@
-"""Atomic writes, hashing and progress."""
+"""Atomic writes, hashing and progress.
+
+Every output is written to a temporary name beside its target and renamed over
+it when complete, so a crash or ``kill -9`` at any moment leaves the old target
+or the complete new one. A writer holds an advisory lock (``flock``) on its
+temporary file or folder while it lives; the kernel drops the lock when the
+process dies, which is how the next writer of the same target tells what a
+killed writer left behind (and removes it) from what a live one is writing.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
+import time
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import FormatError, SurgeryError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so nothing left behind can be told apart from a live write
+    fcntl = None
+
 _CHUNK = 1 << 20
+# A writer locks its temporary file right after creating it, before writing a byte: an empty, unlocked
+# one younger than this may be a live writer's in that instant, so it is left alone.
+_GRACE_SECONDS = 10.0
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, suffix: str = "") -> Iterator[str]:
     """Yield a temporary path beside ``target``; on success move it over ``target``.
 
-    The caller writes the temporary path (file or folder). On normal exit it is
-    fsynced and renamed over the target, so a crash at any moment leaves the old
-    target or the complete new one; on an exception it is removed.
+    The caller writes the temporary path. On normal exit it is fsynced and
+    renamed over the target, so a crash at any moment leaves the old target or
+    the complete new one; on an exception it is removed. What killed writers
+    of the same target left behind is removed first (``sweep_stale``).
     """
     target = os.path.abspath(os.fspath(target))
-    folder = os.path.dirname(target)
+    folder, name = os.path.split(target)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=f"{suffix}.tmp", dir=folder)
-    os.close(fd)
+    sweep_stale(folder, f".{name}.*.tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f"{suffix}.tmp", dir=folder)
     try:
+        hold(fd)
         yield tmp
         fsync_path(tmp)
         os.replace(tmp, target)
@@ -38,6 +60,101 @@ def atomic_path(target: str | os.PathLike, *, suffix: str = "") -> Iterator[str]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        os.close(fd)  # releases the lock, after the rename
+
+
+def hold(fd: int) -> None:
+    """Lock a temporary file or folder as being written by this process (released when ``fd`` closes or it dies)."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str) -> Iterator[None]:
+    """Hold ``folder``'s lock: writers of a multi-file set in one folder take turns.
+
+    A set's writer may then remove files a killed writer of the set left, knowing
+    no live one is about to name them in its index.
+    """
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        hold(fd)
+        yield
+    finally:
+        os.close(fd)
+
+
+def sweep_stale(folder: str, pattern: str) -> list[str]:
+    """Remove the temporary files and folders matching ``pattern`` in ``folder`` that no live writer holds.
+
+    A ``kill -9`` cannot be caught, so a killed writer's temporary file stays;
+    the next writer of the same target removes it here. Returns what it removed.
+    """
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
+        if not _abandoned(path):
+            continue
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):  # another writer swept it first
+                os.unlink(path)
+        removed.append(path)
+    return removed
+
+
+def _abandoned(path: str) -> bool:
+    """Whether no live writer holds ``path``: its lock is free, and it is not a just-created empty one."""
+    if fcntl is None or os.path.islink(path):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        empty = not os.listdir(path) if os.path.isdir(path) else os.fstat(fd).st_size == 0
+        if empty and time.time() - os.fstat(fd).st_mtime < _GRACE_SECONDS:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # locked: a live writer's
+        return False
+    finally:
+        os.close(fd)
+
+
+_NO_SPACE = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (the file system's or the process's file-size limit)",
+}
+
+
+@contextlib.contextmanager
+def full_disk_is_an_error(target: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk, a quota or a file-size limit met while writing ``target`` into one line naming it.
+
+    The writers are atomic, so by the time the error leaves here the temporary
+    file is gone and the old target is unchanged; the message says so.
+    """
+    try:
+        yield
+    except Exception as e:
+        code = _no_space(e)
+        if code is None:
+            raise
+        raise SurgeryError(f"{os.fspath(target)}: {_NO_SPACE[code]} while writing it; nothing was "
+                           "written and any previous file is unchanged") from None
+
+
+def _no_space(error: Exception) -> int | None:
+    """The errno of a full disk behind ``error``: an OSError's own, or the one a C++ writer
+    (TensorFlow, HDF5) quotes in its message, which is all they pass on."""
+    if isinstance(error, OSError) and error.errno in _NO_SPACE:
+        return error.errno
+    text = str(error)
+    return next((code for code in _NO_SPACE if os.strerror(code) in text), None)
 
 
 def fsync_path(path: str) -> None:
@@ -49,23 +166,11 @@ def fsync_path(path: str) -> None:
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two paths name the same file (both must exist to be the same)."""
+    """Whether two paths name the same file: one inode, or (for a file not yet written) one resolved path."""
     try:
         return os.path.samefile(a, b)
     except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
-def _checkpoint_file(path: str | os.PathLike) -> str:
-    """A TF checkpoint is named by its prefix or its ``.index``: compare the index file."""
-    path = os.fspath(path)
-    return path if path.endswith(".index") or not os.path.exists(path + ".index") else path + ".index"
-
-
-def refuse_overwrite(src: str | os.PathLike, out: str | os.PathLike) -> None:
-    """Refuse to write over a source: the source is never opened for writing."""
-    if same_file(_checkpoint_file(src), _checkpoint_file(out)):
-        raise SurgeryError(f"{out}: output is the source file; choose another output (-o)")
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -3,7 +3,8 @@ import os
 import pytest
 
 from surgery.errors import SurgeryError
-from surgery.io import atomic_path, refuse_overwrite
+from surgery.formats.footprint import refuse_overwrite
+from surgery.io import atomic_path
 
 
 def test_atomic_path_replaces_on_success(tmp_path):
@@ -50,3 +51,58 @@ def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert not progress(1000, desc="writing").disable
     assert progress(1000, desc="writing", quiet=True).disable
+
+
+def test_a_killed_writers_temporary_file_is_swept_by_the_next_write(tmp_path):
+    """A temporary file no process holds is what a kill left: the next write of the target removes it."""
+    target = tmp_path / "out.bin"
+    stale = tmp_path / ".out.bin.abcd1234.tmp"
+    stale.write_bytes(b"half a write")
+    with atomic_path(target) as tmp:
+        assert not stale.exists(), "the stale temporary file should be gone before the new write starts"
+        with open(tmp, "wb") as f:
+            f.write(b"new")
+    assert sorted(os.listdir(tmp_path)) == ["out.bin"]
+
+
+def test_a_live_writers_temporary_file_is_not_swept(tmp_path):
+    """The lock a writer holds on its temporary file keeps another writer of the same target off it."""
+    from surgery.io import sweep_stale
+
+    target = tmp_path / "out.bin"
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"being written")
+        assert sweep_stale(str(tmp_path), ".out.bin.*.tmp") == []
+        assert os.path.exists(tmp)
+    assert target.read_bytes() == b"being written"
+
+
+def test_a_full_disk_is_one_line_naming_the_output(tmp_path):
+    import errno
+
+    from surgery.io import full_disk_is_an_error
+
+    target = tmp_path / "out.bin"
+    for code, words in [(errno.ENOSPC, "no space left"), (errno.EFBIG, "file too large"), (errno.EDQUOT, "disk quota")]:
+        with pytest.raises(SurgeryError, match=f"out.bin: {words}") as caught:
+            with full_disk_is_an_error(target):
+                raise OSError(code, os.strerror(code))
+        assert "\n" not in str(caught.value)
+    with pytest.raises(PermissionError):  # any other OSError is not a full disk: it goes on as it was
+        with full_disk_is_an_error(target):
+            raise PermissionError(errno.EACCES, "denied")
+
+
+def test_a_full_disk_quoted_by_a_cpp_writer_is_one_line_too():
+    """TensorFlow and HDF5 pass on only the strerror text of a failed write."""
+    import errno
+
+    from surgery.io import full_disk_is_an_error
+
+    with pytest.raises(SurgeryError, match="out.ckpt: no space left"):
+        with full_disk_is_an_error("out.ckpt"):
+            raise RuntimeError(f"SaveV2: /tmp/x.tempstate1; {os.strerror(errno.ENOSPC)} [Op:SaveV2]")
+    with pytest.raises(RuntimeError, match="unrelated"):
+        with full_disk_is_an_error("out.ckpt"):
+            raise RuntimeError("unrelated")

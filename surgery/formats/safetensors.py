@@ -9,9 +9,11 @@ checked against the file before any data is trusted.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import re
 import struct
 from typing import Any, Iterator
 
@@ -220,32 +222,87 @@ def write_file(path: str, tensors: list[tuple[str, Param]], metadata: dict[str, 
         os.fsync(f.fileno())
 
 
-def shard_names(path: str, count: int) -> tuple[list[str], str]:
-    """``model.safetensors`` -> (``model-00001-of-00003.safetensors``..., ``model.safetensors.index.json``)."""
-    stem = path[: -len(".safetensors")] if path.endswith(".safetensors") else path
-    names = [f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+def shard_names(path: str, count: int, generation: int = 1) -> tuple[list[str], str]:
+    """``model.safetensors`` -> (``model-00001-of-00003.safetensors``..., ``model.safetensors.index.json``).
+
+    A later ``generation`` tags the shard names (``model-00001-of-00003.2.safetensors``):
+    the names a new set takes while an old set still holds the plain ones.
+    """
+    stem = _stem(path)
+    tag = f".{generation}" if generation > 1 else ""
+    names = [f"{stem}-{i:05d}-of-{count:05d}{tag}.safetensors" for i in range(1, count + 1)]
     return names, stem + INDEX_SUFFIX
+
+
+def _stem(path: str) -> str:
+    return path[: -len(".safetensors")] if path.endswith(".safetensors") else path
+
+
+def free_shard_names(path: str, count: int) -> list[str]:
+    """The first generation of shard names of which no file exists yet: writing them overwrites nothing."""
+    generation = 1
+    while any(os.path.lexists(name) for name in shard_names(path, count, generation)[0]):
+        generation += 1
+    return shard_names(path, count, generation)[0]
+
+
+def shard_files(path: str) -> list[str]:
+    """The files beside ``path`` named as shards of it, of any count and generation (what a new set replaces)."""
+    folder, stem = os.path.split(os.path.abspath(_stem(path)))
+    if not os.path.isdir(folder):
+        return []
+    pattern = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}(\.\d+)?\.safetensors")
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if pattern.fullmatch(f))
 
 
 def write_sharded(graph: LayerGraph, path: str, max_shard_size: int) -> list[str]:
     """Write shards of at most ``max_shard_size`` bytes plus the standard index; returns the files written.
 
-    Each shard is written atomically; the index is written last, so a crash leaves
-    either the old index or a new one whose shards are all complete.
+    The new shards take names no existing file has (``free_shard_names``), so
+    the old index keeps naming the old, untouched shards until the new index is
+    renamed over it: that rename commits the set. Only then are the old shards
+    removed. A kill at any moment leaves the old set or the new one, each whole;
+    the shards and temporary files of a killed write are removed by the next.
     """
-    from ..io import atomic_path
+    from ..io import atomic_path, folder_lock, sweep_stale
 
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     shards = plan_shards(graph, max_shard_size)
-    names, index_path = shard_names(path, len(shards))
-    weight_map: dict[str, str] = {}
-    tied = aliases(graph)
-    for name, tensors in zip(names, shards):
-        with atomic_path(name) as tmp:
-            write_file(tmp, tensors, {"format": "pt"})
-        weight_map.update({key: os.path.basename(name) for key, _ in tensors})
-    index = {"metadata": {"total_size": sum(p.nbytes for s in shards for _, p in s), **({"aliases": tied} if tied else {})},
-             "weight_map": weight_map}
-    with atomic_path(index_path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2)
+    _, index_path = shard_names(path, len(shards))
+    with folder_lock(folder):
+        stem = glob.escape(os.path.basename(_stem(path)))
+        sweep_stale(folder, f".{stem}-*-of-*.safetensors.*.tmp")
+        sweep_stale(folder, f".{stem}{INDEX_SUFFIX}.*.tmp")
+        _remove_shards_but(path, _named_shards(index_path))
+        names = free_shard_names(path, len(shards))
+        weight_map: dict[str, str] = {}
+        for name, tensors in zip(names, shards):
+            with atomic_path(name) as tmp:
+                write_file(tmp, tensors, {"format": "pt"})
+            weight_map.update({key: os.path.basename(name) for key, _ in tensors})
+        tied = aliases(graph)
+        metadata = {"total_size": sum(p.nbytes for s in shards for _, p in s), **({"aliases": tied} if tied else {})}
+        with atomic_path(index_path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"metadata": metadata, "weight_map": weight_map}, f, indent=2)
+        _remove_shards_but(path, names)
     return [*names, index_path]
+
+
+def _named_shards(index_path: str) -> list[str]:
+    """The shard files an existing index names; every shard-named file when there is no readable index."""
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        return [os.path.join(os.path.dirname(index_path), name) for name in set(weight_map.values())]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError):  # not ours to judge: remove nothing
+        return shard_files(index_path[: -len(INDEX_SUFFIX)])
+
+
+def _remove_shards_but(path: str, keep: list[str]) -> None:
+    """Remove the files named as shards of ``path`` (any count, any generation) but ``keep``."""
+    for name in set(shard_files(path)) - {os.path.abspath(k) for k in keep}:
+        os.unlink(name)

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import struct
 
@@ -208,3 +209,20 @@ def test_golden_writer_bytes_are_exactly_the_format(tmp_path):
         else:
             assert np.array_equal(back[name].numpy(), arr), name
     assert set(back) == set(arrays)
+
+
+def test_sharded_write_over_a_set_never_overwrites_a_shard_the_old_index_names(tmp_path):
+    """The new set takes free names, the index is swapped last, then the old shards go: old or new, never a mix."""
+    graph = surgery.load(TORCH / "hf_sharded")
+    out = tmp_path / "model.safetensors"
+    index = tmp_path / "model.safetensors.index.json"
+    surgery.save(graph, out, max_shard_size=20_000)
+    first = set(json.loads(index.read_text())["weight_map"].values())
+    surgery.save(graph, out, max_shard_size=20_000)
+    second = set(json.loads(index.read_text())["weight_map"].values())
+    assert not first & second, f"shards written over in place: {sorted(first & second)}"
+    assert all(name.endswith(".2.safetensors") for name in second), sorted(second)
+    assert sorted(os.listdir(tmp_path)) == sorted([*second, index.name]), "the old set's shards should be removed"
+    surgery.save(graph, out, max_shard_size=20_000)
+    assert set(json.loads(index.read_text())["weight_map"].values()) == first, "plain names are free again"
+    assert surgery.diff(graph, surgery.load(index))

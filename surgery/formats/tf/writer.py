@@ -18,7 +18,7 @@ import numpy as np
 from ..keras import native as keras_native
 from ...errors import fail
 from ...graph import Layer, LayerGraph, Param
-from ...io import fsync_path
+from ...io import fsync_path, hold, sweep_stale
 from .reader import INDEX, import_tf, open_reader, prefix_of, scan
 
 
@@ -30,6 +30,7 @@ def write(graph: LayerGraph, prefix: str, *, shown: str) -> None:
             _write_like(graph, template, tmp, shown=shown)
         else:
             _write_fresh(graph, tmp)
+        _spread(tmp, free_shard_count(prefix))
 
 
 def template_prefix(graph: LayerGraph) -> str | None:
@@ -105,26 +106,68 @@ def _save(prefix: str, tensors: dict[str, Any]) -> None:
     tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=values)
 
 
+def free_shard_count(prefix: str) -> int:
+    """The smallest data-shard count no file beside ``prefix`` uses (1 unless an old checkpoint is there).
+
+    The index names its data files only through their count
+    (``prefix.data-00000-of-00002``). New data files under a count the old
+    checkpoint does not use overwrite nothing the old index reads, so the old
+    checkpoint stays whole until the new index is renamed over the old one.
+    """
+    used = {name.rsplit("-of-", 1)[-1] for name in glob.glob(glob.escape(prefix) + ".data-*-of-*")}
+    count = 1
+    while f"{count:05d}" in used:
+        count += 1
+    return count
+
+
+def _spread(prefix: str, count: int) -> None:
+    """Rewrite the one-shard checkpoint at ``prefix`` as ``count`` data shards, entries dealt in turn.
+
+    TensorFlow's own ``MergeV2Checkpoints`` joins the parts, as its sharded
+    saver does. A shard needs an entry, so a checkpoint of fewer entries than
+    ``count`` stays in one shard, and its commit then renames data over data.
+    """
+    if count == 1:
+        return
+    reader = open_reader(prefix, prefix)
+    keys = sorted(reader.get_variable_to_shape_map())
+    if len(keys) < count:
+        return
+    tf = import_tf()
+    parts = [f"{prefix}.part{i}" for i in range(count)]
+    for i, part in enumerate(parts):
+        _save(part, {key: reader.get_tensor(key) for key in keys[i::count]})
+    for name in glob.glob(glob.escape(prefix) + ".*"):
+        if not name.startswith(f"{prefix}.part"):
+            os.unlink(name)
+    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=parts, destination_prefix=prefix, delete_old_dirs=False)
+
+
 @contextlib.contextmanager
 def atomic_prefix(prefix: str) -> Iterator[str]:
     """Yield a temporary prefix in a new folder beside ``prefix``; on success move its files over.
 
-    Data shards move first and the index last, so the new index appears only
-    when every shard it names is in place. A crash between the moves can
-    leave the old index beside new data; TensorFlow then fails its checksums
-    rather than misreading. On an exception the temporary folder is removed
-    and the target is untouched.
+    Data shards move first, under names the old checkpoint does not use
+    (``free_shard_count``), and the index last: that rename commits, so a kill
+    at any moment leaves the old checkpoint or the new one, each whole. On an
+    exception the temporary folder is removed and the target is untouched; a
+    folder left by a killed writer is removed by the next one (``sweep_stale``).
     """
     target = os.path.abspath(prefix)
-    folder = os.path.dirname(target)
+    folder, name = os.path.split(target)
     os.makedirs(folder, exist_ok=True)
-    tmpdir = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+    sweep_stale(folder, f".{glob.escape(name)}.*.tmp")
+    tmpdir = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    lock = os.open(tmpdir, os.O_RDONLY)
     try:
+        hold(lock)
         tmp = os.path.join(tmpdir, "ckpt")
         yield tmp
         _commit(tmp, target)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+        os.close(lock)
 
 
 def _commit(tmp: str, target: str) -> None:
@@ -134,6 +177,7 @@ def _commit(tmp: str, target: str) -> None:
         fsync_path(name)
     for src, dst in zip(shards, moved):
         os.replace(src, dst)
+    fsync_path(os.path.dirname(target))  # the data files are in place before the index that names them
     os.replace(tmp + INDEX, target + INDEX)
     for stale in glob.glob(glob.escape(target) + ".data-*-of-*"):
         if stale not in moved:  # shards of an old checkpoint with another shard count

@@ -33,8 +33,9 @@ def save(obj: Any, path: str, fill: dict[int, Param]) -> None:
     import torch
 
     order = _storage_order(obj)
-    with torch.serialization.skip_data():
-        torch.save(obj, path)
+    # Through a Python file, so that a full disk surfaces as OSError(ENOSPC), not as torch's RuntimeError.
+    with torch.serialization.skip_data(), open(path, "wb") as f:
+        torch.save(obj, f)
     spans = data_records(path)
     if len(spans) != len(order):
         raise SurgeryError(f"{path}: torch wrote {len(spans)} storages, expected {len(order)}")
