@@ -64,3 +64,24 @@ def test_saved_by_two_ranks_is_read_by_surgery(job, run):
     converted = load_file(str(job.tmp / "hf" / "model.safetensors"))
     assert set(converted) == set(job.trained)
     assert all(torch.equal(converted[k], job.trained[k]) for k in job.trained)
+
+
+def test_transplant_into_the_two_ranks_checkpoint_keeps_their_sharded_state(job, run):
+    """New weights into the ranks' trainer checkpoint (-o a new folder): the model replaced, every other entry
+    (Adam state in row chunks from both ranks' files, param_groups, step) as torch reads it from the original."""
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    new = {k: v + 1 for k, v in job.trained.items()}
+    save_file(new, str(job.tmp / "new.safetensors"))
+    result = run("transplant", job.tmp / "new.safetensors", job.saved, "-o", f"{job.tmp / 'resumed'}/")
+    assert result.exit_code == 0, result.stderr
+    for folder in ("saved", "resumed"):
+        dcp_to_torch_save(job.tmp / folder, job.tmp / f"{folder}.pt")
+    before, after = (torch.load(job.tmp / f"{f}.pt", weights_only=True) for f in ("saved", "resumed"))
+    assert set(after) == set(before) == {"model", "optim", "step"}
+    assert after["step"] == 1 and after["optim"]["param_groups"] == before["optim"]["param_groups"]
+    assert after["optim"]["state"].keys() == before["optim"]["state"].keys()
+    for name, slots in before["optim"]["state"].items():
+        assert all(torch.equal(after["optim"]["state"][name][k], v) for k, v in slots.items()), name
+    assert after["model"].keys() == new.keys() and all(torch.equal(after["model"][k], new[k]) for k in new)
