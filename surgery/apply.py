@@ -38,6 +38,7 @@ class Transplant:
     source_sha256: str | None = None
     verify: dict[str, Any] | None = None
     proof: Any = None          # the VerifyReport of ``transplant(verify=True)``
+    write_plan: Any = None     # the WritePlan of ``transplant(dry_run=True, output=...)``
 
     @property
     def warnings(self) -> list[str]:

@@ -196,12 +196,15 @@ def aliases(graph: LayerGraph) -> dict[str, str]:
 
 def write(graph: LayerGraph, path: str, *, metadata: dict[str, str] | None = None, **_: Any) -> None:
     """Write every tensor of ``graph`` to one safetensors file, one tensor in memory at a time."""
-    meta = {"format": "pt", **(metadata or {}), **aliases(graph)}
-    write_file(path, list(_stored(graph)), meta)
+    write_file(path, list(_stored(graph)), _single_metadata(graph, metadata))
 
 
-def write_file(path: str, tensors: list[tuple[str, Param]], metadata: dict[str, str]) -> None:
-    """Stream ``tensors`` into ``path``: header from shapes first, then each tensor's bytes."""
+def _single_metadata(graph: LayerGraph, metadata: dict[str, str] | None = None) -> dict[str, str]:
+    return {"format": "pt", **(metadata or {}), **aliases(graph)}
+
+
+def header_bytes(tensors: list[tuple[str, Param]], metadata: dict[str, str]) -> bytes:
+    """The length prefix and JSON header of a file holding ``tensors`` in this order, padded to 8 bytes."""
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for key, param in tensors:
@@ -210,9 +213,13 @@ def write_file(path: str, tensors: list[tuple[str, Param]], metadata: dict[str, 
         offset += param.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % _ALIGN)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_file(path: str, tensors: list[tuple[str, Param]], metadata: dict[str, str]) -> None:
+    """Stream ``tensors`` into ``path``: header from shapes first, then each tensor's bytes."""
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
+        f.write(header_bytes(tensors, metadata))
         for key, param in tensors:
             arr = np.ascontiguousarray(param.read())
             f.write(memoryview(arr.reshape(-1).view(np.uint8)))
@@ -237,15 +244,31 @@ def write_sharded(graph: LayerGraph, path: str, max_shard_size: int) -> list[str
 
     shards = plan_shards(graph, max_shard_size)
     names, index_path = shard_names(path, len(shards))
-    weight_map: dict[str, str] = {}
-    tied = aliases(graph)
     for name, tensors in zip(names, shards):
         with atomic_path(name) as tmp:
             write_file(tmp, tensors, {"format": "pt"})
-        weight_map.update({key: os.path.basename(name) for key, _ in tensors})
-    index = {"metadata": {"total_size": sum(p.nbytes for s in shards for _, p in s), **({"aliases": tied} if tied else {})},
-             "weight_map": weight_map}
     with atomic_path(index_path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2)
+            f.write(_index_text(graph, shards, names))
     return [*names, index_path]
+
+
+def _index_text(graph: LayerGraph, shards: list[list[tuple[str, Param]]], names: list[str]) -> str:
+    tied = aliases(graph)
+    weight_map = {key: os.path.basename(name) for name, tensors in zip(names, shards) for key, _ in tensors}
+    index = {"metadata": {"total_size": sum(p.nbytes for s in shards for _, p in s), **({"aliases": tied} if tied else {})},
+             "weight_map": weight_map}
+    return json.dumps(index, indent=2)
+
+
+def planned_files(graph: LayerGraph, path: str, *, max_shard_size: int | None = None) -> list[tuple[str, int, int, bool]]:
+    """``(file, bytes, tensors, exact)`` that ``write`` (or ``write_sharded``) would make: exact, from shapes alone."""
+    if not max_shard_size:
+        tensors = list(_stored(graph))
+        size = len(header_bytes(tensors, _single_metadata(graph))) + sum(p.nbytes for _, p in tensors)
+        return [(path, size, len(tensors), True)]
+    shards = plan_shards(graph, max_shard_size)
+    names, index_path = shard_names(path, len(shards))
+    files = [(name, len(header_bytes(tensors, {"format": "pt"})) + sum(p.nbytes for _, p in tensors), len(tensors), True)
+             for name, tensors in zip(names, shards)]
+    return [*files, (index_path, len(_index_text(graph, shards, names).encode()), 0, True)]

@@ -22,6 +22,7 @@ into a trainer checkpoint (``template_for``), as long as it still fits (``check_
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from .common import dtype_name, to_numpy
 
 SUFFIXES: tuple[str, ...] = ()   # a folder: recognised by its .metadata
 METADATA = ".metadata"
+DATA_FILE = "__0_0.distcp"   # the one data file a single process writes
 MODEL_KEYS = ("model", "module")   # where trainers put the model's state_dict
 # The globals a DCP .metadata pickle may name: its own record classes and torch's plain values.
 _ALLOWED = {
@@ -81,14 +83,20 @@ def read(path: str, **_: Any) -> LayerGraph:
     meta = read_metadata(path)
     tensors = _tensor_entries(meta)
     model = model_root(meta)
-    params, left_out = {}, {}
+    storage: dict[str, dict[tuple[int, ...], Any]] = {}
+    for index, info in meta.storage_data.items():
+        storage.setdefault(index.fqn, {})[tuple(index.offset or ())] = info
+    params, left_out, largest_chunk = {}, {}, 0
     for fqn, entry in tensors.items():
         if model is not None and not fqn.startswith(model + "."):
             left_out[fqn] = f"not under {model!r} (optimizer state, scheduler, counters...); kept when written back as DCP"
             continue
         key = fqn[len(model) + 1:] if model else fqn
-        params[key] = _param(path, meta, fqn, entry)
-    graph = graph_of_params(params, path=path, format="dcp")
+        params[key] = _param(path, storage.get(fqn, {}), fqn, entry)
+        itemsize = params[key].nbytes // max(params[key].numel, 1)
+        largest_chunk = max([largest_chunk, *(math.prod(c.sizes) * itemsize for c in entry.chunks)])
+    # While a tensor is assembled, one chunk is held twice beside it: its bytes as read, and the loaded tensor.
+    graph = graph_of_params(params, path=path, format="dcp", meta={"read_overhead": 2 * largest_chunk})
     graph.left_out.update(left_out)
     others = [fqn for fqn in meta.state_dict_metadata if fqn not in tensors]
     if others:
@@ -112,10 +120,10 @@ def model_root(meta: Any) -> str | None:
     return next((k for k in MODEL_KEYS if k in roots), None)
 
 
-def _param(folder: str, meta: Any, fqn: str, entry: Any) -> Param:
+def _param(folder: str, storage: dict[tuple[int, ...], Any], fqn: str, entry: Any) -> Param:
+    """A lazy tensor assembled from its chunks; ``storage`` maps each chunk's offsets to where its bytes are."""
     shape = tuple(entry.size)
     dtype = dtype_name(entry.properties.dtype)
-    storage = {tuple(index.offset or ()): info for index, info in meta.storage_data.items() if index.fqn == fqn}
     for chunk in entry.chunks:
         info = storage.get(tuple(chunk.offsets))
         if info is None:
@@ -218,6 +226,36 @@ def check_fits(template: Template, graph: LayerGraph, target: str) -> None:
                        "a new folder, or remove this one to replace it whole")
 
 
+# What a DCP write holds beside the tensor it is handed: the tensor serialised by torch.save into a buffer.
+WRITE_COPIES = 1
+# Approximate sizes for --dry-run: torch.save's zip around one tensor's bytes (1.55-1.58 KB in torch 2.13)
+# and one entry of the pickled .metadata.
+RECORD_OVERHEAD = 1600
+METADATA_ENTRY = 200
+
+
+def planned_files(graph: LayerGraph, path: str, **_: Any) -> list[tuple[str, int, int, bool]]:
+    """``(file, bytes, tensors, exact)`` that ``write`` would make, from shapes and the template's metadata.
+
+    Raises:
+        FormatError: the write would be refused (``check_fits``).
+    """
+    target = path.rstrip("/\\")
+    template = template_for(graph, target)
+    if template is not None:
+        check_fits(template, graph, target)
+    count = sum(1 for _ in graph.tensors())
+    data = sum(p.nbytes + RECORD_OVERHEAD for _, p in graph.tensors())
+    entries = count
+    if template is not None:
+        kept = [info for index, info in template.meta.storage_data.items() if not template.is_model(index.fqn)]
+        data += sum(info.length for info in kept)
+        count += sum(1 for fqn in _tensor_entries(template.meta) if not template.is_model(fqn))
+        entries += len(template.kept())
+    return [(os.path.join(target, DATA_FILE), data, count, False),
+            (os.path.join(target, METADATA), entries * METADATA_ENTRY, 0, False)]
+
+
 def write(graph: LayerGraph, path: str, **_: Any) -> None:
     """Write the graph as a DCP folder that ``torch.distributed.checkpoint.load`` reads into a model's state_dict.
 
@@ -255,8 +293,6 @@ def write(graph: LayerGraph, path: str, **_: Any) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-DATA_FILE = "__0_0.distcp"
 
 
 def _write_into(graph: LayerGraph, folder: str, template: Template | None) -> None:
