@@ -24,6 +24,7 @@ zoo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/dcp.py
 	$(PY) bench/inspect_large.py
 	$(PY) bench/startup.py
 
