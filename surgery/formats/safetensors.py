@@ -19,8 +19,8 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import fail
-from ..graph import LayerGraph, Param, tied_aliases
-from ..io import span_loader
+from ..graph import LayerGraph, Param, Span, tied_aliases
+from ..io import copy_span, span_loader
 from .shard_index import read_shard_index
 from ..kinds import graph_of_params
 
@@ -28,6 +28,7 @@ SUFFIXES = (".safetensors",)
 INDEX_SUFFIX = ".safetensors.index.json"
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 _ALIGN = 8
+COPIES_SPANS = True   # write_file copies a param's unchanged bytes file to file (graph.Span)
 
 
 def sniff(path: str) -> bool:
@@ -119,7 +120,7 @@ def _read_file(path: str) -> tuple[dict[str, Param], dict[str, str]]:
         begin, end = entry["data_offsets"]
         params[name] = Param(
             entry["shape"], dtype.name, span_loader(path, start + begin, end - begin, dtype.numpy, entry["shape"]),
-            key=name, ident=(os.path.realpath(path), begin),
+            key=name, ident=(os.path.realpath(path), begin), span=Span(path, start + begin, end - begin),
         )
     return params, metadata
 
@@ -217,10 +218,17 @@ def header_bytes(tensors: list[tuple[str, Param]], metadata: dict[str, str]) -> 
 
 
 def write_file(path: str, tensors: list[tuple[str, Param]], metadata: dict[str, str]) -> None:
-    """Stream ``tensors`` into ``path``: header from shapes first, then each tensor's bytes."""
+    """Stream ``tensors`` into ``path``: header from shapes first, then each tensor's bytes.
+
+    A tensor whose bytes lie unchanged in a file (``param.span``) is copied file to file
+    in the kernel; the others are read and written one at a time.
+    """
     with open(path, "wb") as f:
         f.write(header_bytes(tensors, metadata))
         for key, param in tensors:
+            if param.span is not None:
+                copy_span(param.span, f)
+                continue
             arr = np.ascontiguousarray(param.read())
             f.write(memoryview(arr.reshape(-1).view(np.uint8)))
         f.flush()
