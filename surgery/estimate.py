@@ -60,12 +60,14 @@ class WritePlan:
 
 
 def plan_write(graph: LayerGraph, path: str | os.PathLike, *, max_shard_size: int | None = None,
-               sources: Iterable[LayerGraph] = ()) -> WritePlan:
+               sources: Iterable[LayerGraph] = (), conversion: bool = False) -> WritePlan:
     """Predict writing ``graph`` to ``path`` without reading a tensor or writing a byte.
 
     Args:
         sources: the graphs the tensors are read from (a transplant's source and destination),
             for what their readers hold beside a tensor; ``graph`` itself when omitted.
+        conversion: a ``convert`` (no per-tensor checks), whose unchanged bytes a raw writer
+            copies file to file (``apply.save``): those take no memory.
 
     Raises:
         FormatError: the output cannot be written (unknown format, a write that would be refused).
@@ -80,14 +82,27 @@ def plan_write(graph: LayerGraph, path: str | os.PathLike, *, max_shard_size: in
         files = [PlannedFile(*f) for f in module.planned_files(graph, path, max_shard_size=max_shard_size if sharded else None)]
     else:
         files = [PlannedFile(path, graph.nbytes, sum(1 for _ in graph.tensors()), exact=False)]
-    largest = max(((k, p.nbytes) for k, p in graph.tensors()), key=lambda t: t[1], default=("-", 0))
-    held = min(1 + READ_AHEAD, sum(1 for _ in graph.tensors()))
+    copied = conversion and getattr(module, "COPIES_SPANS", False)
+    peak, largest, terms = _memory(graph, name, module, [*sources, graph], copied)
+    return WritePlan(path, name + (" (sharded)" if sharded else ""), files, graph.nbytes, largest, peak, terms)
+
+
+def _memory(graph: LayerGraph, name: str, module: Any, sources: list[LayerGraph],
+            copied: bool) -> tuple[int, tuple[str, int], list[str]]:
+    """Peak tensor memory, the largest tensor read, and the terms that add up to it."""
+    read = [(k, p.nbytes) for k, p in graph.tensors() if not (copied and p.span is not None)]
+    terms = []
+    if copied and len(read) < sum(1 for _ in graph.tensors()):
+        terms.append(f"{sum(1 for _ in graph.tensors()) - len(read)} tensors copied file to file, never in memory")
+    if not read:
+        return 0, ("-", 0), terms
+    largest = max(read, key=lambda t: t[1])
+    held = min(1 + READ_AHEAD, len(read))
     copies = getattr(module, "WRITE_COPIES", 0)
-    overhead = max((g.meta.get("read_overhead", 0) for g in (*sources, graph)), default=0)
-    terms = [f"{held} x the largest tensor (one written, one read ahead)"]
+    overhead = max(g.meta.get("read_overhead", 0) for g in sources)
+    terms.append(f"{held} x the largest tensor read (one written, one read ahead)")
     if copies:
         terms.append(f"{copies} x it serialised by the {name} writer")
     if overhead:
         terms.append(f"{size(overhead)} of chunks held while one tensor is assembled")
-    return WritePlan(path, name + (" (sharded)" if sharded else ""), files, graph.nbytes, largest,
-                     (held + copies) * largest[1] + overhead, terms)
+    return (held + copies) * largest[1] + overhead, largest, terms

@@ -78,12 +78,13 @@ def write_plan_text(plan: "WritePlan") -> str:
     rows = [[f.path, f"{'' if f.exact else '~'}{f.nbytes:,}", f.tensors or ""] for f in plan.files]
     about = "" if all(f.exact for f in plan.files) else "about "
     name, largest = plan.largest
+    largest_text = f"; the largest read is {name}, {size(largest)}" if largest else ""
     return "\n".join([
         f"dry run: would write {plan.output} ({plan.format}); no tensor read, nothing written",
         table(["file", "bytes", "tensors"], rows, indent="  "),
         f"reads {size(plan.read_bytes)} of tensors, writes {about}{size(plan.write_bytes)} in {len(plan.files)} file{'s' * (len(plan.files) > 1)}",
-        f"peak memory: about {size(plan.peak_bytes)} of tensor data at once ({'; '.join(plan.peak_terms)}; "
-        f"the largest is {name}, {size(largest)}), plus the interpreter and libraries",
+        f"peak memory: about {size(plan.peak_bytes)} of tensor data at once ({'; '.join(plan.peak_terms)}"
+        f"{largest_text}), plus the interpreter and libraries",
     ])
 
 
