@@ -168,22 +168,25 @@ MULTI_FILE = True   # a folder: written beside the target, then renamed over it
 
 @dataclass
 class Template:
-    """A trainer checkpoint written over or read from: its model sits under ``root``; the rest is kept."""
+    """A trainer checkpoint written over or read from: its model's tensors (under ``root``) are replaced,
+    every other entry is kept (optimizer state, counters, and the model's own non-tensor entries)."""
 
     folder: str
     meta: Any
     root: str
 
-    def is_model(self, fqn: str) -> bool:
-        return fqn.startswith(self.root + ".")
+    def replaced(self) -> dict[str, Any]:
+        """The model's tensor entries, by their name in the file."""
+        return {fqn: m for fqn, m in _tensor_entries(self.meta).items() if fqn.startswith(self.root + ".")}
 
     def kept(self) -> list[str]:
-        """The entries that are not the model's (optimizer state, scheduler, counters), in the file's order."""
-        return [fqn for fqn in self.meta.state_dict_metadata if not self.is_model(fqn)]
+        """Every other entry, in the file's order."""
+        replaced = self.replaced()
+        return [fqn for fqn in self.meta.state_dict_metadata if fqn not in replaced]
 
     def model_shapes(self) -> dict[str, tuple[int, ...]]:
         start = len(self.root) + 1
-        return {fqn[start:]: tuple(m.size) for fqn, m in _tensor_entries(self.meta).items() if self.is_model(fqn)}
+        return {fqn[start:]: tuple(m.size) for fqn, m in self.replaced().items()}
 
 
 def template_for(graph: LayerGraph, target: str) -> Template | None:
@@ -248,10 +251,10 @@ def planned_files(graph: LayerGraph, path: str, **_: Any) -> list[tuple[str, int
     data = sum(p.nbytes + RECORD_OVERHEAD for _, p in graph.tensors())
     entries = count
     if template is not None:
-        kept = [info for index, info in template.meta.storage_data.items() if not template.is_model(index.fqn)]
-        data += sum(info.length for info in kept)
-        count += sum(1 for fqn in _tensor_entries(template.meta) if not template.is_model(fqn))
-        entries += len(template.kept())
+        kept = set(template.kept())
+        data += sum(info.length for index, info in template.meta.storage_data.items() if index.fqn in kept)
+        count += sum(1 for fqn in _tensor_entries(template.meta) if fqn in kept)
+        entries += len(kept)
     return [(os.path.join(target, DATA_FILE), data, count, False),
             (os.path.join(target, METADATA), entries * METADATA_ENTRY, 0, False)]
 
@@ -342,12 +345,14 @@ def _storage_info(offset: int, length: int, like: Any = None) -> Any:
 def _copy_kept(template: Template, out: Any, entries: dict, storage: dict, planner: dict) -> None:
     """Append every record of the template that is not the model's, as its bytes are (never unpickled)."""
     paths = template.meta.planner_data or {}
-    for fqn in template.kept():
+    kept = template.kept()
+    for fqn in kept:
         entries[fqn] = template.meta.state_dict_metadata[fqn]
         if fqn in paths:
             planner[fqn] = paths[fqn]
+    kept_set = set(kept)
     records = sorted(((info.relative_path, info.offset, index, info) for index, info in template.meta.storage_data.items()
-                      if not template.is_model(index.fqn)), key=lambda r: r[:2])
+                      if index.fqn in kept_set), key=lambda r: r[:2])
     for relative, offset, index, info in records:
         storage[index] = _storage_info(out.tell(), info.length, like=info)
         _copy_span(os.path.join(template.folder, relative), offset, info.length, out, index.fqn)

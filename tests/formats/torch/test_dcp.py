@@ -221,3 +221,18 @@ def test_convert_into_a_trainer_checkpoint_keeps_its_state_only_where_it_fits(ru
     assert {p: (tmp_path / "ckpt" / p).read_bytes() for p in os.listdir(tmp_path / "ckpt")} == before
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".ckpt")]
     assert run("convert", tmp_path / "wider.safetensors", f"{tmp_path / 'fresh'}/").exit_code == 0   # the weights alone
+
+
+def test_the_model_non_tensor_entries_of_a_trainer_checkpoint_are_kept(run, tmp_path):
+    """A module's extra state (a pickled value beside its tensors, as TransformerEngine keeps) is not a weight:
+    written over, the checkpoint keeps it, so the trainer's own dcp.load still finds every key."""
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    _save({"model": {"w.weight": torch.zeros(2, 3), "w._extra_state": "fp8 recipe v2"}, "step": 9}, tmp_path / "ckpt")
+    save_file({"w.weight": torch.ones(2, 3)}, str(tmp_path / "new.safetensors"))
+    assert run("transplant", tmp_path / "new.safetensors", tmp_path / "ckpt").exit_code == 0
+    dcp_to_torch_save(tmp_path / "ckpt", tmp_path / "all.pt")
+    everything = torch.load(tmp_path / "all.pt", weights_only=True)
+    assert everything["step"] == 9 and everything["model"]["w._extra_state"] == "fp8 recipe v2"
+    assert torch.equal(everything["model"]["w.weight"], torch.ones(2, 3))
