@@ -36,6 +36,7 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/dcp.py
 	$(PY) bench/inspect_large.py
 	$(PY) bench/startup.py
 	$(PY) bench/hostile.py

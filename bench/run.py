@@ -52,7 +52,8 @@ TIME_BIN = "/usr/bin/time"
 # Run after dropping caches so that the data is read cold but Python and the
 # libraries' files are not: the figures then measure the data path, not imports.
 WARM_CODE = [sys.executable, "-c", "import numpy, torch, safetensors.torch, surgery.cli, surgery.formats.safetensors, "
-             "surgery.formats.torch.state_dict, surgery.apply, tqdm, yaml, click"]
+             "surgery.formats.torch.state_dict, surgery.formats.torch.dcp, surgery.apply, tqdm, yaml, click, "
+             "torch.distributed.checkpoint.format_utils"]
 DROP_CACHES = "/proc/sys/vm/drop_caches"
 # The issue's targets for safetensors -> safetensors.
 TARGET_RATIO = 1.5
@@ -210,7 +211,9 @@ def _peak_kib(report: str) -> int:
 
 def _remove(path: str) -> None:
     for p in (path, f"{path}.surgery.json"):
-        if os.path.exists(p):
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+        elif os.path.exists(p):
             os.unlink(p)
 
 
@@ -248,10 +251,13 @@ def _open(path: str) -> dict:
 # --------------------------------------------------------------------------- the run
 
 def surgery_cmd() -> list[str]:
-    script = os.path.join(os.path.dirname(sys.executable), "surgery")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from surgery.cli import main; main()"]
+    """``surgery`` of this checkout (not whichever one the interpreter's environment installed): see ``this_checkout``."""
+    return [sys.executable, "-m", "surgery.cli"]
+
+
+def this_checkout() -> None:
+    """Make every job import surgery from the repository this bench is in, whatever the venv installed."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 
 
 def jobs(w: str) -> list[tuple[str, list[str], str, tuple[str, str] | None]]:
@@ -304,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per job; the median time is reported (default 3)")
     ap.add_argument("--warm", action="store_true", help="do not drop caches: run each job once unmeasured first, then measure warm")
     args = ap.parse_args(argv)
+    this_checkout()
 
     nbytes = int(np.prod(SHAPE)) * 4
     count = max(2, round(args.size_gb * 1e9 / nbytes))

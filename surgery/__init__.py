@@ -19,7 +19,7 @@ from ._version import __version__
 # `import surgery` and `surgery --help` load neither numpy's users nor any framework.
 _EXPORTS = {
     "load": "api", "plan": "api", "transplant": "api", "save": "api", "convert": "api", "diff": "api",
-    "load_into": "api", "freeze": "api", "StrictError": "api",
+    "convert_plan": "api", "load_into": "api", "freeze": "api", "StrictError": "api",
     "check": "proof.check", "verify": "proof.verify",
     "SurgeryError": "errors", "FormatError": "errors", "MapError": "errors", "PlanError": "errors",
     "Layer": "graph", "LayerGraph": "graph", "Param": "graph",
@@ -27,7 +27,7 @@ _EXPORTS = {
 
 __all__ = [
     "FormatError", "Layer", "LayerGraph", "MapError", "Param", "PlanError", "StrictError", "SurgeryError",
-    "__version__", "check", "convert", "diff", "freeze", "load", "load_into", "plan", "save", "transplant", "verify",
+    "__version__", "check", "convert", "convert_plan", "diff", "freeze", "load", "load_into", "plan", "save", "transplant", "verify",
 ]
 
 
@@ -46,7 +46,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .api import StrictError, convert, diff, freeze, load, load_into, plan, save, transplant
+    from .api import StrictError, convert, convert_plan, diff, freeze, load, load_into, plan, save, transplant
     from .errors import FormatError, MapError, PlanError, SurgeryError
     from .graph import Layer, LayerGraph, Param
     from .proof.check import check

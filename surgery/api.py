@@ -10,6 +10,7 @@ from .apply import Transplant, save, transplant_graphs, write_report
 from .formats.footprint import refuse_overwrite
 from .compare import DiffReport, diff as _diff
 from .errors import SurgeryError
+from .estimate import WritePlan, plan_write
 from .graph import LayerGraph
 from .mapping import load_map
 from .pairing import make_plan
@@ -61,7 +62,8 @@ def transplant(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str]
             (``--allow-partial``), recorded in the report and the sidecar.
         output: write the result here (atomically) and ``output.surgery.json`` beside it.
             None: return the lazy result; write it later with ``save``.
-        dry_run: plan only: no tensor data is read, nothing is written.
+        dry_run: plan only: no tensor data is read, nothing is written. With ``output``,
+            ``result.write_plan`` predicts the files, bytes and peak memory of the write.
         verify: after writing, prove the output computes what ``src`` computed
             (``result.proof`` is the VerifyReport, also recorded in the sidecar).
         report: also write the report as JSON here, with a sha256 of each copied tensor.
@@ -94,6 +96,9 @@ def transplant(src: Any, dst: Any, mapping: Any = None, *, freeze: Iterable[str]
     for pair in result.plan.pairs:
         if pair.source in settled:
             pair.rule = f"--probe: {settled[pair.source].summary()}"
+    if dry_run and output is not None:
+        result.write_plan = plan_write(result.graph, output, max_shard_size=max_shard_size,
+                                       sources=(result.plan.src, result.plan.dst))
     if dry_run or output is None:
         return result
     save(result, output, max_shard_size=max_shard_size, quiet=quiet, tensor_hashes=report is not None)
@@ -129,6 +134,22 @@ def convert(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None = 
         refuse_overwrite(src, out, max_shard_size=max_shard_size)  # before any work: never write over the source
     graph = load(src, unsafe_pickle=unsafe_pickle)
     return save(graph, out, max_shard_size=max_shard_size, quiet=quiet, source=graph.path)
+
+
+def convert_plan(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None = None,
+                 unsafe_pickle: bool = False) -> WritePlan:
+    """What ``convert`` would write (files, bytes, tensors) and the memory it would need, from headers alone.
+
+    Raises the errors ``convert`` would raise before writing (unknown output format, the
+    source as output, a write the output format refuses).
+
+    Example:
+        >>> print(surgery.convert_plan("ckpt/step-1000", "hf/model.safetensors", max_shard_size=5 * 10**9))  # doctest: +SKIP
+    """
+    graph = load(src, unsafe_pickle=unsafe_pickle)
+    if graph.path:
+        refuse_overwrite(graph.path, out)
+    return plan_write(graph, out, max_shard_size=max_shard_size, conversion=True)
 
 
 def verify_transplant(result: Transplant, *, factory: str | None = None, input_shape: Any = None,
@@ -171,4 +192,4 @@ def freeze(model: Any, globs: Iterable[str]) -> list[str]:
     return live.freeze(model, globs)
 
 
-__all__ = ["load", "plan", "transplant", "save", "convert", "diff", "verify_transplant", "load_into", "freeze", "StrictError"]
+__all__ = ["load", "plan", "transplant", "save", "convert", "convert_plan", "diff", "verify_transplant", "load_into", "freeze", "StrictError"]

@@ -39,6 +39,7 @@ class Transplant:
     source_sha256: str | None = None
     verify: dict[str, Any] | None = None
     proof: Any = None          # the VerifyReport of ``transplant(verify=True)``
+    write_plan: Any = None     # the WritePlan of ``transplant(dry_run=True, output=...)``
 
     @property
     def warnings(self) -> list[str]:
@@ -117,7 +118,9 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
          quiet: bool = True, source: str | None = None, tensor_hashes: bool = False) -> list[str]:
     """Write a graph (or a transplant's output) atomically; returns the files written.
 
-    A transplant also gets ``PATH.surgery.json``: the source's sha256, the map,
+    A conversion (a graph, not a transplant) copies tensors whose bytes pass unchanged
+    file to file where the writer stores raw bytes (safetensors). A transplant also
+    gets ``PATH.surgery.json``: the source's sha256, the map,
     the pairs, the frozen layers, NaN/Inf counts of the copied tensors and, with
     ``tensor_hashes``, the sha256 of each copied tensor. The source is hashed on a
     second thread while the output is written.
@@ -141,7 +144,11 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
                 stats["sha256"] = hashlib.sha256(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)).hexdigest()
             result.stats[key] = stats
 
-    watched, ahead = streamed(graph, on_read)
+    # A conversion checks nothing per tensor: bytes that pass unchanged are copied file to file,
+    # where the writer stores raw bytes.
+    copies = result is None and getattr(formats.module(name), "COPIES_SPANS", False)
+    on_copy = (lambda key, nbytes: bar.update(nbytes)) if copies else None
+    watched, ahead = streamed(graph, on_read, on_copy)
     try:
         with bar, full_disk_is_an_error(path):
             written = _write(watched, path, name, max_shard_size)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable, Iterator
+from typing import Any, Callable, Hashable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -25,6 +25,19 @@ BOOKKEEPING = frozenset({"num_batches_tracked"})
 KIND_ALIASES = {"depthwise_conv2d": "conv2d"}
 
 
+class Span(NamedTuple):
+    """Where a param's bytes lie in a file exactly as ``read()`` returns them (C order, little-endian).
+
+    A writer that stores raw bytes may copy the span file to file, in the kernel, instead of
+    reading the tensor (``io.copy_span``). ``done`` is called once it is copied (progress).
+    """
+
+    path: str
+    offset: int
+    nbytes: int
+    done: Callable[[], None] | None = None
+
+
 class Param:
     """A lazy tensor: shape and dtype now, data on ``read()``.
 
@@ -36,9 +49,10 @@ class Param:
         layout: how the native layout was turned into the canonical one
             (``"HWIO->OIHW"``), empty when they are the same.
         ident: equal for two params that are one storage (tied weights).
+        span: where its bytes lie unchanged in a file, when they do (a derived param has none).
     """
 
-    __slots__ = ("shape", "dtype", "_load", "key", "layout", "ident")
+    __slots__ = ("shape", "dtype", "_load", "key", "layout", "ident", "span")
 
     def __init__(
         self,
@@ -49,6 +63,7 @@ class Param:
         key: str = "",
         layout: str = "",
         ident: Hashable | None = None,
+        span: Span | None = None,
     ) -> None:
         self.shape = tuple(int(d) for d in shape)
         self.dtype = dtype
@@ -56,6 +71,7 @@ class Param:
         self.key = key
         self.layout = layout
         self.ident = ident
+        self.span = span
 
     @classmethod
     def from_array(cls, arr: np.ndarray, *, key: str = "", ident: Hashable | None = None) -> "Param":

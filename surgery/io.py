@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Callable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -30,10 +30,15 @@ try:
 except ImportError:  # Windows: no flock, so nothing left behind can be told apart from a live write
     fcntl = None
 
+if TYPE_CHECKING:
+    from .graph import Span
+
 _CHUNK = 1 << 20
 # A writer locks its temporary file right after creating it, before writing a byte: an empty, unlocked
 # one younger than this may be a live writer's in that instant, so it is left alone.
 _GRACE_SECONDS = 10.0
+# copy_file_range cannot serve these pairs of files (other filesystems on old kernels, special files).
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
 
 @contextlib.contextmanager
@@ -214,3 +219,44 @@ def span_loader(path: str, offset: int, nbytes: int, np_dtype: np.dtype,
         return buf.view(np_dtype).reshape(shape)
 
     return load
+
+
+def copy_span(span: "Span", out: IO[bytes]) -> None:
+    """Append a span of another file to ``out`` (a file opened for writing), then call ``span.done``.
+
+    The bytes go file to file in the kernel (``os.copy_file_range``), never through user
+    space, as ``cp`` copies; where the kernel cannot, they are read and written in blocks.
+    """
+    out.flush()
+    start = out.tell()
+    done = 0
+    with open(span.path, "rb") as src:
+        if hasattr(os, "copy_file_range"):
+            done = _kernel_copy(src.fileno(), out.fileno(), span, start)
+        src.seek(span.offset + done)
+        out.seek(start + done)
+        while done < span.nbytes:
+            block = src.read(min(_CHUNK * 8, span.nbytes - done))
+            if not block:
+                raise FormatError(f"{span.path}: file ended {span.nbytes - done} bytes before a tensor did (truncated?)")
+            out.write(block)
+            done += len(block)
+    out.seek(start + span.nbytes)
+    if span.done is not None:
+        span.done()
+
+
+def _kernel_copy(src: int, dst: int, span: "Span", start: int) -> int:
+    """Bytes of the span copied by copy_file_range: all, or as many as it took before it could not go on."""
+    done = 0
+    while done < span.nbytes:
+        try:
+            n = os.copy_file_range(src, dst, span.nbytes - done, span.offset + done, start + done)
+        except OSError as e:
+            if e.errno in _NO_KERNEL_COPY:
+                return done
+            raise
+        if n == 0:   # the source ended: the block copy names the file
+            return done
+        done += n
+    return done

@@ -11,6 +11,7 @@ import json
 import re
 
 if TYPE_CHECKING:
+    from .estimate import WritePlan
     from .graph import LayerGraph
     from .plans import Plan
 
@@ -62,6 +63,29 @@ def inspect_dict(graph: "LayerGraph") -> dict[str, Any]:
                                for r, p in l.params.items()}} for l in graph],
         "total": {"layers": len(graph), "parameters": graph.numel, "bytes": graph.nbytes},
     }
+
+
+def size(nbytes: int) -> str:
+    """``1234567`` -> ``1.2 MB``: decimal units, as the sizes users pass (``--max-shard-size 5GB``)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:,.1f} {unit}"
+    return f"{nbytes} B"
+
+
+def write_plan_text(plan: "WritePlan") -> str:
+    """What a dry run would write: a row per file, the bytes read and written, the predicted peak memory."""
+    rows = [[f.path, f"{'' if f.exact else '~'}{f.nbytes:,}", f.tensors or ""] for f in plan.files]
+    about = "" if all(f.exact for f in plan.files) else "about "
+    name, largest = plan.largest
+    largest_text = f"; the largest read is {name}, {size(largest)}" if largest else ""
+    return "\n".join([
+        f"dry run: would write {plan.output} ({plan.format}); no tensor read, nothing written",
+        table(["file", "bytes", "tensors"], rows, indent="  "),
+        f"reads {size(plan.read_bytes)} of tensors, writes {about}{size(plan.write_bytes)} in {len(plan.files)} file{'s' * (len(plan.files) > 1)}",
+        f"peak memory: about {size(plan.peak_bytes)} of tensor data at once ({'; '.join(plan.peak_terms)}"
+        f"{largest_text}), plus the interpreter and libraries",
+    ])
 
 
 def _jsonable(v: Any) -> bool:

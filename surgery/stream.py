@@ -6,6 +6,11 @@ counts, hashes) and (2) read the next tensor, in graph order, on a worker
 thread while the writer handles the current one. At most one tensor is read
 ahead, so peak memory stays near two tensors; file reads and numpy release the
 GIL, so on two cores reading and writing overlap.
+
+With ``on_copy``, a param whose bytes lie unchanged in a file keeps its ``span``,
+so a writer of raw bytes copies it file to file without reading it (and reports
+it to ``on_copy``); it is then never read ahead. Without, spans are dropped and
+every tensor is read (and reported to ``on_read``).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from typing import Callable
 
 import numpy as np
 
-from .graph import Layer, LayerGraph, Param
+from .graph import Layer, LayerGraph, Param, Span
 
 OnRead = Callable[[str, np.ndarray], None]
+OnCopy = Callable[[str, int], None]
 
 
 class ReadAhead:
@@ -48,24 +54,27 @@ class ReadAhead:
         self._pool.shutdown(wait=True)
 
 
-def streamed(graph: LayerGraph, on_read: OnRead) -> tuple[LayerGraph, ReadAhead]:
+def streamed(graph: LayerGraph, on_read: OnRead, on_copy: OnCopy | None = None) -> tuple[LayerGraph, ReadAhead]:
     """The same graph whose params read ahead and report each array to ``on_read``.
 
     Close the returned ReadAhead when the writer is done.
     """
     loads: dict[str, Callable[[], np.ndarray]] = {}
+    spans: dict[str, Span] = {}
     order: list[str] = []
     seen: set = set()
     for key, param in graph.tensors():
         loads[key] = _reporting(param, key, on_read)
-        if param.ident is None or param.ident not in seen:  # a tied alias is not read again
+        if on_copy is not None and param.span is not None:
+            spans[key] = param.span._replace(done=lambda k=key, n=param.nbytes: on_copy(k, n))
+        elif param.ident is None or param.ident not in seen:  # a tied alias is not read again
             order.append(key)
             seen.add(param.ident)
     ahead = ReadAhead(loads, order)
     layers = []
     for layer in graph:
         params = {role: Param(p.shape, p.dtype, lambda k=layer.key(role): ahead.get(k), key=p.key,
-                              layout=p.layout, ident=p.ident)
+                              layout=p.layout, ident=p.ident, span=spans.get(layer.key(role)))
                   for role, p in layer.params.items()}
         layers.append(Layer(layer.name, layer.kind, params, layer.attrs, layer.frozen))
     return LayerGraph(layers, path=graph.path, format=graph.format, meta=graph.meta), ahead

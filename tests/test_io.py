@@ -106,3 +106,44 @@ def test_a_full_disk_quoted_by_a_cpp_writer_is_one_line_too():
     with pytest.raises(RuntimeError, match="unrelated"):
         with full_disk_is_an_error("out.ckpt"):
             raise RuntimeError("unrelated")
+
+
+def _span_copy(tmp_path, payload: bytes, span_args, monkeypatch=None, fail_errno=None):
+    import errno as _errno
+
+    from surgery.graph import Span
+    from surgery.io import copy_span
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(payload)
+    if fail_errno is not None:
+        def refuse(*_):
+            raise OSError(fail_errno, _errno.errorcode[fail_errno])
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    copied = []
+    with open(tmp_path / "out.bin", "wb") as f:
+        f.write(b"head")
+        copy_span(Span(str(src), *span_args, done=lambda: copied.append(True)), f)
+        f.write(b"tail")
+    return (tmp_path / "out.bin").read_bytes(), copied
+
+
+def test_copy_span_appends_the_bytes_in_place(tmp_path):
+    payload = os.urandom(3 << 20)
+    out, copied = _span_copy(tmp_path, payload, (1000, 2 << 20))
+    assert out == b"head" + payload[1000:1000 + (2 << 20)] + b"tail" and copied == [True]
+
+
+def test_copy_span_falls_back_to_reading_where_the_kernel_cannot(tmp_path, monkeypatch):
+    import errno
+
+    payload = os.urandom(1 << 20)
+    out, copied = _span_copy(tmp_path, payload, (10, 5000), monkeypatch, fail_errno=errno.EXDEV)
+    assert out == b"head" + payload[10:5010] + b"tail" and copied == [True]
+
+
+def test_copy_span_of_a_truncated_file_names_it(tmp_path):
+    from surgery.errors import FormatError
+
+    with pytest.raises(FormatError, match=r"src\.bin: file ended 100 bytes before a tensor did"):
+        _span_copy(tmp_path, b"x" * 1000, (500, 600))

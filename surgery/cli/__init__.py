@@ -126,7 +126,8 @@ def map_command(src: str, dst: str, match: str, mapping: str | None, output: str
               help="Accept every open decision at once (layers left as initialised, tensors copied nowhere, "
                    "assumed layouts, ambiguous pairs); recorded in the report and OUT.surgery.json.")
 @click.option("--strict", is_flag=True, hidden=True, help="The default; accepted for old scripts.")
-@click.option("--dry-run", is_flag=True, help="Print the plan; read no tensor data, write nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan and what would be written (files, bytes, peak memory); read no tensor data, write nothing.")
 @click.option("--report", "report_path", type=click.Path(),
               help="Also write the report as JSON here, with a sha256 of each copied tensor.")
 @click.option("--max-shard-size", metavar="SIZE", help="Write sharded safetensors with shards of at most SIZE (e.g. 5GB).")
@@ -180,7 +181,9 @@ def transplant(src: str, dst: str, mapping: str | None, output: str | None, matc
     if dry_run:
         if report_path:
             write_report(result.plan, report_path)
-        _report(result.plan, result.plan.to_dict(), as_json)
+        _report(result.plan, {**result.plan.to_dict(), "write": result.write_plan.to_dict()}, as_json)
+        if not as_json:
+            click.echo(str(result.write_plan))
         return
     _report(result, result.to_dict(), as_json)
     if not as_json:
@@ -203,13 +206,25 @@ def _report(obj: Any, data: dict, as_json: bool) -> None:
 @click.argument("out", type=click.Path())
 @click.option("--max-shard-size", metavar="SIZE", help="Write sharded safetensors with shards of at most SIZE (e.g. 5GB).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--dry-run", is_flag=True,
+              help="Print what would be written (files, bytes, tensors) and the peak memory; read no tensor data, write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON.")
 @unsafe_option
-def convert(src: str, out: str, max_shard_size: str | None, quiet: bool, unsafe_pickle: bool) -> None:
-    """Write SRC's weights to OUT in the format OUT's suffix names, in canonical names and layout."""
+def convert(src: str, out: str, max_shard_size: str | None, quiet: bool, dry_run: bool, as_json: bool,
+            unsafe_pickle: bool) -> None:
+    """Write SRC's weights to OUT in the format OUT's suffix names, in canonical names and layout.
+
+    An OUT named as a folder (a trailing /) is a PyTorch Distributed Checkpoint; writing into an
+    existing trainer checkpoint replaces its model and keeps its optimizer state.
+    """
     from .. import api
     from ..apply import parse_size
 
     shard = parse_size(max_shard_size) if max_shard_size else None
+    if dry_run:
+        planned = api.convert_plan(src, out, max_shard_size=shard, unsafe_pickle=unsafe_pickle)
+        _report(planned, planned.to_dict(), as_json)
+        return
     for path in api.convert(src, out, max_shard_size=shard, quiet=quiet, unsafe_pickle=unsafe_pickle):
         click.echo(f"wrote {path}")
 

@@ -12,6 +12,12 @@ Every format module has the same face:
   sets ``MULTI_FILE = True``: then it gets the final path and makes its several
   files atomically itself.
 
+Optional, for ``--dry-run`` (``estimate.plan_write``): ``planned_files(graph, path,
+max_shard_size=None)`` -> ``[(file, bytes, tensors, exact)]``; ``WRITE_COPIES``, the
+copies of one tensor the writer holds; ``TEMPLATE``, what the writer copies its
+structure from (``template_of``). ``COPIES_SPANS = True``: the writer copies a param's
+``span`` (bytes unchanged in a file) file to file instead of reading it.
+
 Modules import their framework inside ``read``/``write``, never at import time.
 """
 

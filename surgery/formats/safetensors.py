@@ -21,8 +21,8 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import fail
-from ..graph import LayerGraph, Param, tied_aliases
-from ..io import span_loader
+from ..graph import LayerGraph, Param, Span, tied_aliases
+from ..io import copy_span, span_loader
 from .shard_index import read_shard_index
 from ..kinds import graph_of_params
 
@@ -30,6 +30,7 @@ SUFFIXES = (".safetensors",)
 INDEX_SUFFIX = ".safetensors.index.json"
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 _ALIGN = 8
+COPIES_SPANS = True   # write_file copies a param's unchanged bytes file to file (graph.Span)
 
 
 def sniff(path: str) -> bool:
@@ -121,7 +122,7 @@ def _read_file(path: str) -> tuple[dict[str, Param], dict[str, str]]:
         begin, end = entry["data_offsets"]
         params[name] = Param(
             entry["shape"], dtype.name, span_loader(path, start + begin, end - begin, dtype.numpy, entry["shape"]),
-            key=name, ident=(os.path.realpath(path), begin),
+            key=name, ident=(os.path.realpath(path), begin), span=Span(path, start + begin, end - begin),
         )
     return params, metadata
 
@@ -198,12 +199,15 @@ def aliases(graph: LayerGraph) -> dict[str, str]:
 
 def write(graph: LayerGraph, path: str, *, metadata: dict[str, str] | None = None, **_: Any) -> None:
     """Write every tensor of ``graph`` to one safetensors file, one tensor in memory at a time."""
-    meta = {"format": "pt", **(metadata or {}), **aliases(graph)}
-    write_file(path, list(_stored(graph)), meta)
+    write_file(path, list(_stored(graph)), _single_metadata(graph, metadata))
 
 
-def write_file(path: str, tensors: list[tuple[str, Param]], metadata: dict[str, str]) -> None:
-    """Stream ``tensors`` into ``path``: header from shapes first, then each tensor's bytes."""
+def _single_metadata(graph: LayerGraph, metadata: dict[str, str] | None = None) -> dict[str, str]:
+    return {"format": "pt", **(metadata or {}), **aliases(graph)}
+
+
+def header_bytes(tensors: list[tuple[str, Param]], metadata: dict[str, str]) -> bytes:
+    """The length prefix and JSON header of a file holding ``tensors`` in this order, padded to 8 bytes."""
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for key, param in tensors:
@@ -212,10 +216,21 @@ def write_file(path: str, tensors: list[tuple[str, Param]], metadata: dict[str, 
         offset += param.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % _ALIGN)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_file(path: str, tensors: list[tuple[str, Param]], metadata: dict[str, str]) -> None:
+    """Stream ``tensors`` into ``path``: header from shapes first, then each tensor's bytes.
+
+    A tensor whose bytes lie unchanged in a file (``param.span``) is copied file to file
+    in the kernel; the others are read and written one at a time.
+    """
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
+        f.write(header_bytes(tensors, metadata))
         for key, param in tensors:
+            if param.span is not None:
+                copy_span(param.span, f)
+                continue
             arr = np.ascontiguousarray(param.read())
             f.write(memoryview(arr.reshape(-1).view(np.uint8)))
         f.flush()
@@ -276,16 +291,12 @@ def write_sharded(graph: LayerGraph, path: str, max_shard_size: int) -> list[str
         sweep_stale(folder, f".{stem}{INDEX_SUFFIX}.*.tmp")
         _remove_shards_but(path, _named_shards(index_path))
         names = free_shard_names(path, len(shards))
-        weight_map: dict[str, str] = {}
         for name, tensors in zip(names, shards):
             with atomic_path(name) as tmp:
                 write_file(tmp, tensors, {"format": "pt"})
-            weight_map.update({key: os.path.basename(name) for key, _ in tensors})
-        tied = aliases(graph)
-        metadata = {"total_size": sum(p.nbytes for s in shards for _, p in s), **({"aliases": tied} if tied else {})}
         with atomic_path(index_path) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"metadata": metadata, "weight_map": weight_map}, f, indent=2)
+                f.write(_index_text(graph, shards, names))
         _remove_shards_but(path, names)
     return [*names, index_path]
 
@@ -306,3 +317,24 @@ def _remove_shards_but(path: str, keep: list[str]) -> None:
     """Remove the files named as shards of ``path`` (any count, any generation) but ``keep``."""
     for name in set(shard_files(path)) - {os.path.abspath(k) for k in keep}:
         os.unlink(name)
+
+
+def _index_text(graph: LayerGraph, shards: list[list[tuple[str, Param]]], names: list[str]) -> str:
+    tied = aliases(graph)
+    weight_map = {key: os.path.basename(name) for name, tensors in zip(names, shards) for key, _ in tensors}
+    index = {"metadata": {"total_size": sum(p.nbytes for s in shards for _, p in s), **({"aliases": tied} if tied else {})},
+             "weight_map": weight_map}
+    return json.dumps(index, indent=2)
+
+
+def planned_files(graph: LayerGraph, path: str, *, max_shard_size: int | None = None) -> list[tuple[str, int, int, bool]]:
+    """``(file, bytes, tensors, exact)`` that ``write`` (or ``write_sharded``) would make: exact, from shapes alone."""
+    if not max_shard_size:
+        tensors = list(_stored(graph))
+        size = len(header_bytes(tensors, _single_metadata(graph))) + sum(p.nbytes for _, p in tensors)
+        return [(path, size, len(tensors), True)]
+    shards = plan_shards(graph, max_shard_size)
+    names, index_path = shard_names(path, len(shards))
+    files = [(name, len(header_bytes(tensors, {"format": "pt"})) + sum(p.nbytes for _, p in tensors), len(tensors), True)
+             for name, tensors in zip(names, shards)]
+    return [*files, (index_path, len(_index_text(graph, shards, names).encode()), 0, True)]

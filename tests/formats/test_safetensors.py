@@ -226,3 +226,22 @@ def test_sharded_write_over_a_set_never_overwrites_a_shard_the_old_index_names(t
     surgery.save(graph, out, max_shard_size=20_000)
     assert set(json.loads(index.read_text())["weight_map"].values()) == first, "plain names are free again"
     assert surgery.diff(graph, surgery.load(index))
+
+
+def test_convert_copies_unchanged_tensors_file_to_file(run, tmp_path, monkeypatch):
+    """safetensors -> safetensors: every tensor's bytes go through copy_file_range, none through a read."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = {f"layers.{i}.weight": np.random.default_rng(i).standard_normal((64, 32)).astype(np.float32)
+               for i in range(5)}
+    tensors["layers.0.bias"] = np.arange(3, dtype=np.int64)
+    save_file(tensors, str(tmp_path / "src.safetensors"))
+    calls = []
+    real = os.copy_file_range
+    monkeypatch.setattr(os, "copy_file_range", lambda *a: calls.append(a[2]) or real(*a))
+    result = run("convert", tmp_path / "src.safetensors", tmp_path / "out" / "model.safetensors", "--max-shard-size", "20kB")
+    assert result.exit_code == 0, result.stderr
+    assert sum(calls) == sum(t.nbytes for t in tensors.values())
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    for key, array in tensors.items():
+        np.testing.assert_array_equal(load_file(str(tmp_path / "out" / index["weight_map"][key]))[key], array, err_msg=key)

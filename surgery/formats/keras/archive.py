@@ -29,6 +29,7 @@ from . import h5
 from .config import layer_specs
 
 SUFFIXES = (".keras",)
+TEMPLATE = "a .keras model"   # written over one of these (its structure kept): formats.template_of
 _WEIGHTS = "model.weights.h5"
 def sniff(path: str) -> bool:
     """A zip holding ``config.json`` and ``model.weights.h5``."""
@@ -103,7 +104,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, **option
         path: the output archive.
         template: the ``.keras`` whose architecture to keep; defaults to ``graph.path``.
     """
-    template = template_of(graph, "keras", template, path, options, "a .keras model")
+    template = template_of(graph, "keras", template, path, options, TEMPLATE)
     target = graph if graph.format == "keras" and graph.path == template else read(template)
     config, _ = read_config(template)
     _set_config(config, graph)

@@ -36,6 +36,7 @@ from ...errors import SurgeryError, fail
 from ...graph import Layer, LayerGraph, Param
 
 SUFFIXES = (".h5", ".hdf5")
+TEMPLATE = "a Keras .h5"   # written over one of these (its structure kept): formats.template_of
 _MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
@@ -302,7 +303,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, **option
     Raises:
         SurgeryError: no template, or a tensor whose shape the template does not take.
     """
-    template = template_of(graph, "h5", template, path, options, "a Keras .h5")
+    template = template_of(graph, "h5", template, path, options, TEMPLATE)
     target = graph if graph.format == "h5" and graph.path == template else read(template)
     shutil.copyfile(template, path)
     with _h5py().File(path, "r+") as f:

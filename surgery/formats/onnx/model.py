@@ -30,6 +30,7 @@ from .scan import LayerSpec, all_initializers, scan_model
 from .slots import Slot
 
 SUFFIXES = (".onnx",)
+TEMPLATE = "an ONNX model"   # written over one of these (its structure kept): formats.template_of
 
 def sniff(path: str) -> bool:
     """An ``.onnx`` file; parsing the protobuf to be sure would cost a full read."""
@@ -82,7 +83,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, target: 
         FormatError: no template, a tensor the template lacks, a shape or dtype
             that differs from the template's initializer.
     """
-    template = template_of(graph, "onnx", template, path, {"target": target, **options}, "an ONNX model")
+    template = template_of(graph, "onnx", template, path, {"target": target, **options}, TEMPLATE)
     model, specs, source, _, _ = scan_model(template)
     where = _where(graph, template, specs)
     inits = {slot.tensor.name: slot.tensor for slot, _ in where.values()}  # initializers and Constant tensors

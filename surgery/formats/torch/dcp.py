@@ -15,14 +15,17 @@ reads back.
 
 Trainer checkpoints nest the model under ``model`` (``model.layer.weight``); the rest
 (``optim``/``optimizer`` state, ``lr_scheduler``, ``dataloader``, step counters) is
-named in ``graph.left_out``.
+named in ``graph.left_out``, and kept, byte for byte, when the model is written back
+into a trainer checkpoint (``template_for``), as long as it still fits (``check_fits``).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +37,7 @@ from .common import dtype_name, to_numpy
 
 SUFFIXES: tuple[str, ...] = ()   # a folder: recognised by its .metadata
 METADATA = ".metadata"
+DATA_FILE = "__0_0.distcp"   # the one data file a single process writes
 MODEL_KEYS = ("model", "module")   # where trainers put the model's state_dict
 # The globals a DCP .metadata pickle may name: its own record classes and torch's plain values.
 _ALLOWED = {
@@ -76,34 +80,50 @@ def read_metadata(path: str) -> Any:
 
 def read(path: str, **_: Any) -> LayerGraph:
     """Read a DCP folder's model tensors as a lazy LayerGraph, from the metadata alone."""
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
     meta = read_metadata(path)
-    paths = getattr(meta, "planner_data", None) or {}
-    tensors = {fqn: m for fqn, m in meta.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
-    roots = {(paths.get(fqn) or (fqn.split(".")[0],))[0] for fqn in tensors}
-    model = next((k for k in MODEL_KEYS if k in roots), None)
-    params, left_out = {}, {}
+    tensors = _tensor_entries(meta)
+    model = model_root(meta)
+    storage: dict[str, dict[tuple[int, ...], Any]] = {}
+    for index, info in meta.storage_data.items():
+        storage.setdefault(index.fqn, {})[tuple(index.offset or ())] = info
+    params, left_out, largest_chunk = {}, {}, 0
     for fqn, entry in tensors.items():
         if model is not None and not fqn.startswith(model + "."):
-            left_out[fqn] = f"not under {model!r} (optimizer state, scheduler, counters...)"
+            left_out[fqn] = f"not under {model!r} (optimizer state, scheduler, counters...); kept when written back as DCP"
             continue
         key = fqn[len(model) + 1:] if model else fqn
-        params[key] = _param(path, meta, fqn, entry)
-    graph = graph_of_params(params, path=path, format="dcp")
+        params[key] = _param(path, storage.get(fqn, {}), fqn, entry)
+        itemsize = params[key].nbytes // max(params[key].numel, 1)
+        largest_chunk = max([largest_chunk, *(math.prod(c.sizes) * itemsize for c in entry.chunks)])
+    # While a tensor is assembled, one chunk is held twice beside it: its bytes as read, and the loaded tensor.
+    graph = graph_of_params(params, path=path, format="dcp", meta={"read_overhead": 2 * largest_chunk})
     graph.left_out.update(left_out)
     others = [fqn for fqn in meta.state_dict_metadata if fqn not in tensors]
     if others:
         graph.notes.append(f"{len(others)} non-tensor entries (pickled values: {', '.join(others[:3])}...) not read")
     if model:
-        graph.notes.append(f"the model's tensors are under {model!r}; {len(left_out)} other tensors left out")
+        graph.notes.append(f"the model's tensors are under {model!r}; {len(left_out)} other tensors left out, "
+                           "and kept with every other entry when written back as DCP")
     return graph
 
 
-def _param(folder: str, meta: Any, fqn: str, entry: Any) -> Param:
+def _tensor_entries(meta: Any) -> dict[str, Any]:
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    return {fqn: m for fqn, m in meta.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
+
+
+def model_root(meta: Any) -> str | None:
+    """The key a trainer checkpoint holds the model's state_dict under (``model``), or None for a bare state_dict."""
+    paths = getattr(meta, "planner_data", None) or {}
+    roots = {(paths.get(fqn) or (fqn.split(".")[0],))[0] for fqn in _tensor_entries(meta)}
+    return next((k for k in MODEL_KEYS if k in roots), None)
+
+
+def _param(folder: str, storage: dict[tuple[int, ...], Any], fqn: str, entry: Any) -> Param:
+    """A lazy tensor assembled from its chunks; ``storage`` maps each chunk's offsets to where its bytes are."""
     shape = tuple(entry.size)
     dtype = dtype_name(entry.properties.dtype)
-    storage = {tuple(index.offset or ()): info for index, info in meta.storage_data.items() if index.fqn == fqn}
     for chunk in entry.chunks:
         info = storage.get(tuple(chunk.offsets))
         if info is None:
@@ -146,24 +166,125 @@ def _read_chunk(path: str, offset: int, length: int, fqn: str) -> np.ndarray:
 MULTI_FILE = True   # a folder: written beside the target, then renamed over it
 
 
+@dataclass
+class Template:
+    """A trainer checkpoint written over or read from: its model's tensors (under ``root``) are replaced,
+    every other entry is kept (optimizer state, counters, and the model's own non-tensor entries)."""
+
+    folder: str
+    meta: Any
+    root: str
+
+    def replaced(self) -> dict[str, Any]:
+        """The model's tensor entries, by their name in the file."""
+        return {fqn: m for fqn, m in _tensor_entries(self.meta).items() if fqn.startswith(self.root + ".")}
+
+    def kept(self) -> list[str]:
+        """Every other entry, in the file's order."""
+        replaced = self.replaced()
+        return [fqn for fqn in self.meta.state_dict_metadata if fqn not in replaced]
+
+    def model_shapes(self) -> dict[str, tuple[int, ...]]:
+        start = len(self.root) + 1
+        return {fqn[start:]: tuple(m.size) for fqn, m in self.replaced().items()}
+
+
+def template_for(graph: LayerGraph, target: str) -> Template | None:
+    """The trainer checkpoint whose other entries a DCP write keeps, if any.
+
+    The output folder when it already holds one (writing into a trainer checkpoint replaces its
+    model and keeps the rest), else the folder the graph was read from when that is one (a
+    transplant into a trainer checkpoint, written in place or elsewhere, keeps its state).
+    """
+    candidates = [target, graph.path if graph.format == "dcp" else None]
+    for folder in filter(None, candidates):
+        if sniff(folder):
+            meta = read_metadata(folder)
+            root = model_root(meta)
+            if root is not None:
+                return Template(folder, meta, root)
+    return None
+
+
+def check_fits(template: Template, graph: LayerGraph, target: str) -> None:
+    """Refuse to keep a trainer's state beside a model of other tensor names or shapes: it would not load.
+
+    An optimizer's state is per parameter (``optim.state.<name>.exp_avg`` of the parameter's
+    shape, ``param_groups`` naming every parameter), so weights of other names or shapes
+    cannot be written beside it and still resume. Nothing is dropped silently: the user
+    chooses another output (the weights alone) or removes the folder (replaced whole).
+    """
+    kept = template.kept()
+    old, new = template.model_shapes(), {key: param.shape for key, param in graph.tensors()}
+    if not kept or old == new:
+        return
+    problems = [f"{k} {list(old[k])} -> {list(new[k])}" for k in old if k in new and old[k] != new[k]]
+    if missing := [k for k in old if k not in new]:
+        problems.append(f"{len(missing)} of its tensors not written ({', '.join(missing[:3])})")
+    if added := [k for k in new if k not in old]:
+        problems.append(f"{len(added)} tensors it does not have ({', '.join(added[:3])})")
+    raise fail(target, f"a trainer checkpoint whose {len(kept)} other entries ({', '.join(kept[:2])}...) fit its "
+                       f"own model, not these weights: {'; '.join(problems)}. Nothing written; to keep its optimizer "
+                       "state, transplant into it (its names and shapes are kept); for the weights alone, write to "
+                       "a new folder, or remove this one to replace it whole")
+
+
+# What a DCP write holds beside the tensor it is handed: the tensor serialised by torch.save into a buffer.
+WRITE_COPIES = 1
+# Approximate sizes for --dry-run: torch.save's zip around one tensor's bytes (1.55-1.58 KB in torch 2.13)
+# and one entry of the pickled .metadata.
+RECORD_OVERHEAD = 1600
+METADATA_ENTRY = 200
+
+
+def planned_files(graph: LayerGraph, path: str, **_: Any) -> list[tuple[str, int, int, bool]]:
+    """``(file, bytes, tensors, exact)`` that ``write`` would make, from shapes and the template's metadata.
+
+    Raises:
+        FormatError: the write would be refused (``check_fits``).
+    """
+    target = path.rstrip("/\\")
+    template = template_for(graph, target)
+    if template is not None:
+        check_fits(template, graph, target)
+    count = sum(1 for _ in graph.tensors())
+    data = sum(p.nbytes + RECORD_OVERHEAD for _, p in graph.tensors())
+    entries = count
+    if template is not None:
+        kept = set(template.kept())
+        data += sum(info.length for index, info in template.meta.storage_data.items() if index.fqn in kept)
+        count += sum(1 for fqn in _tensor_entries(template.meta) if fqn in kept)
+        entries += len(kept)
+    return [(os.path.join(target, DATA_FILE), data, count, False),
+            (os.path.join(target, METADATA), entries * METADATA_ENTRY, 0, False)]
+
+
 def write(graph: LayerGraph, path: str, **_: Any) -> None:
     """Write the graph as a DCP folder that ``torch.distributed.checkpoint.load`` reads into a model's state_dict.
 
     One process writes one data file, ``__0_0.distcp``: each tensor one ``torch.save`` record appended
     in turn (one tensor in memory at a time), then ``.metadata``. Keys are the canonical state_dict
-    names, at the top level (load into ``model.state_dict()``). The folder appears only when complete.
+    names, at the top level (load into ``model.state_dict()``), or, over a trainer checkpoint
+    (``template_for``), under its model's key, with every other entry of it (optimizer state,
+    counters) copied byte for byte. The folder appears only when complete.
+
+    Raises:
+        FormatError: the trainer checkpoint's state does not fit these weights (``check_fits``).
     """
     import shutil
     import tempfile
 
     target = path.rstrip("/\\")
+    template = template_for(graph, target)
+    if template is not None:
+        check_fits(template, graph, target)
     parent = os.path.dirname(os.path.abspath(target))
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)   # mkdtemp's 0700 is for the temporary name, not the checkpoint
     try:
-        _write_into(graph, tmp, target)
+        _write_into(graph, tmp, template)
         old = None
         if os.path.exists(target):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old.", dir=parent)
@@ -176,9 +297,9 @@ def write(graph: LayerGraph, path: str, **_: Any) -> None:
         raise
 
 
-def _write_into(graph: LayerGraph, folder: str, target: str) -> None:
+
+def _write_into(graph: LayerGraph, folder: str, template: Template | None) -> None:
     import torch
-    from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
                                                        TensorProperties, TensorStorageMetadata)
 
@@ -186,19 +307,20 @@ def _write_into(graph: LayerGraph, folder: str, target: str) -> None:
     from .common import to_tensor
 
     entries, storage, planner = {}, {}, {}
-    data_name = "__0_0.distcp"
-    with open(os.path.join(folder, data_name), "wb") as f:
+    prefix = f"{template.root}." if template else ""
+    with open(os.path.join(folder, DATA_FILE), "wb") as f:
         for key, param in graph.tensors():
             tensor = to_tensor(param.read())
             buffer = io.BytesIO()
             torch.save(tensor, buffer)
-            offset = f.tell()
-            f.write(buffer.getbuffer())
-            origin = torch.Size([0] * tensor.dim())
-            entries[key] = TensorStorageMetadata(TensorProperties(dtype=tensor.dtype), tensor.shape,
+            fqn, origin = prefix + key, torch.Size([0] * tensor.dim())
+            entries[fqn] = TensorStorageMetadata(TensorProperties(dtype=tensor.dtype), tensor.shape,
                                                  [ChunkStorageMetadata(offsets=origin, sizes=tensor.shape)])
-            storage[MetadataIndex(key, origin, 0)] = _StorageInfo(data_name, offset, f.tell() - offset)
-            planner[key] = (key,)
+            storage[MetadataIndex(fqn, origin, 0)] = _storage_info(f.tell(), buffer.getbuffer().nbytes)
+            f.write(buffer.getbuffer())
+            planner[fqn] = (template.root, key) if template else (key,)
+        if template is not None:
+            _copy_kept(template, f, entries, storage, planner)
         f.flush()
         os.fsync(f.fileno())
     meta = Metadata(entries, planner_data=planner, storage_data=storage)
@@ -207,3 +329,42 @@ def _write_into(graph: LayerGraph, folder: str, target: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     fsync_path(folder)
+
+
+def _storage_info(offset: int, length: int, like: Any = None) -> Any:
+    """Where a record is in the one data file written (``like``'s other fields, such as transforms, kept)."""
+    import dataclasses
+
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    if like is None:
+        return _StorageInfo(DATA_FILE, offset, length)
+    return dataclasses.replace(like, relative_path=DATA_FILE, offset=offset)
+
+
+def _copy_kept(template: Template, out: Any, entries: dict, storage: dict, planner: dict) -> None:
+    """Append every record of the template that is not the model's, as its bytes are (never unpickled)."""
+    paths = template.meta.planner_data or {}
+    kept = template.kept()
+    for fqn in kept:
+        entries[fqn] = template.meta.state_dict_metadata[fqn]
+        if fqn in paths:
+            planner[fqn] = paths[fqn]
+    kept_set = set(kept)
+    records = sorted(((info.relative_path, info.offset, index, info) for index, info in template.meta.storage_data.items()
+                      if index.fqn in kept_set), key=lambda r: r[:2])
+    for relative, offset, index, info in records:
+        storage[index] = _storage_info(out.tell(), info.length, like=info)
+        _copy_span(os.path.join(template.folder, relative), offset, info.length, out, index.fqn)
+
+
+def _copy_span(path: str, offset: int, length: int, out: Any, fqn: str) -> None:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left:
+            block = f.read(min(left, 1 << 20))
+            if not block:
+                raise fail(path, f"{fqn}: the file ends {left} bytes before this record does (truncated?)")
+            out.write(block)
+            left -= len(block)

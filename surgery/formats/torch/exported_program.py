@@ -25,6 +25,7 @@ from .common import tensor_param
 from .torchscript import replace_tensors
 
 SUFFIXES = (".pt2",)
+TEMPLATE = "an ExportedProgram (.pt2)"   # written over one of these (its structure kept): formats.template_of
 
 # aten op -> {attribute: (argument index, default)}; the arguments that change the arithmetic.
 _CONV = {"stride": (3, 1), "padding": (4, 0), "dilation": (5, 1), "groups": (6, 1)}
@@ -150,7 +151,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, **option
     """
     import torch
 
-    template = template_of(graph, "exported_program", template, path, options, "an ExportedProgram (.pt2)")
+    template = template_of(graph, "exported_program", template, path, options, TEMPLATE)
     program = load(template)
     live = {target: tensor for target, (_, tensor) in _tensors(program).items()}
     replace_tensors(template, live, graph, _weights(program))

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from ... import dtypes
 from ...errors import UnsafePickleError, fail
 from .. import zip_names
-from ...graph import LayerGraph, Param, tied_notes
+from ...graph import LayerGraph, Param, Span, tied_notes
 from ...io import span_loader
 from ...kinds import graph_of_params
 from .common import dtype_name, is_code_member, storage_ident, to_numpy
@@ -225,10 +225,10 @@ def _param(key: str, tensor: Any, path: str, offset: int | None) -> Param:
     row = dtypes.get(dtype)
     ident = storage_ident(tensor)
     if offset is None:
-        load = lambda: to_numpy(tensor)  # noqa: E731
-    else:
-        load = span_loader(path, offset, tensor.numel() * row.numpy.itemsize, row.numpy, tuple(tensor.shape))
-    return Param(tensor.shape, dtype, load, key=key, ident=ident)
+        return Param(tensor.shape, dtype, lambda: to_numpy(tensor), key=key, ident=ident)
+    nbytes = tensor.numel() * row.numpy.itemsize
+    load = span_loader(path, offset, nbytes, row.numpy, tuple(tensor.shape))
+    return Param(tensor.shape, dtype, load, key=key, ident=ident, span=Span(path, offset, nbytes))
 
 
 def _file_spans(path: str, tensors: Mapping[str, Any]) -> dict[str, int]:

@@ -24,6 +24,7 @@ from ...kinds import TORCH_MODULE_KINDS, fold_attention_outputs, infer_kind
 from .common import dtype_name, is_code_member, tensor_param, to_tensor
 
 SUFFIXES = (".ts", ".torchscript")
+TEMPLATE = "a TorchScript archive"   # written over one of these (its structure kept): formats.template_of
 
 # Attributes that change a layer's arithmetic, copied when the module has them.
 ATTRS = ("eps", "momentum", "groups", "stride", "padding", "dilation", "padding_idx",
@@ -134,7 +135,7 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, **option
     """
     import torch
 
-    template = template_of(graph, "torchscript", template, path, options, "a TorchScript archive")
+    template = template_of(graph, "torchscript", template, path, options, TEMPLATE)
     module = load(template)
     live = {}
     for layer in layers_of_modules(module.named_modules(), lambda m: m.original_name):

@@ -141,3 +141,98 @@ def test_dcp_to_sharded_safetensors_with_the_standard_index(run, tmp_path):
     for key, tensor in state.items():
         shard = load_file(str(tmp_path / "hf" / index["weight_map"][key]))
         np.testing.assert_array_equal(shard[key], tensor.numpy(), err_msg=key)
+
+
+def _trainer_checkpoint(folder) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A trainer's DCP checkpoint: the model and its Adam state after two steps, as ``get_state_dict`` gives them."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    net = _net()
+    optim = torch.optim.Adam(net.parameters(), lr=0.1)
+    for _ in range(2):
+        net(torch.randn(8, 4)).square().sum().backward()
+        optim.step()
+    model_state, optim_state = get_state_dict(net, optim)
+    _save({"model": model_state, "optim": optim_state, "step": 2}, folder)
+    return net, optim
+
+
+def _resume(folder) -> tuple[nn.Module, torch.optim.Optimizer, int]:
+    """Resume as a trainer does: a fresh model and optimizer filled from the checkpoint by torch's own load."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    optim = torch.optim.Adam(net.parameters(), lr=0.1)
+    model_state, optim_state = get_state_dict(net, optim)
+    state = {"model": model_state, "optim": optim_state, "step": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(net, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return net, optim, state["step"]
+
+
+def _assert_same_optimizer_state(got: torch.optim.Optimizer, want: torch.optim.Optimizer) -> None:
+    got_state, want_state = got.state_dict(), want.state_dict()
+    assert got_state["param_groups"] == want_state["param_groups"]
+    for index, slots in want_state["state"].items():
+        for name, value in slots.items():
+            assert torch.equal(got_state["state"][index][name], value), f"param {index}: {name}"
+
+
+def test_transplant_into_a_trainer_checkpoint_keeps_its_optimizer_state(run, tmp_path):
+    """New weights written in place into a trainer's DCP: it resumes with them, and with its Adam state and step."""
+    from safetensors.torch import save_file
+
+    trained, optim = _trainer_checkpoint(tmp_path / "step-2")
+    torch.manual_seed(3)
+    new = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in _net().state_dict().items()}
+    save_file(new, str(tmp_path / "new.safetensors"))
+    result = run("transplant", tmp_path / "new.safetensors", tmp_path / "step-2")
+    assert result.exit_code == 0, result.stderr
+    net, resumed, step = _resume(tmp_path / "step-2")
+    assert step == 2
+    for key, tensor in net.state_dict().items():
+        assert torch.equal(tensor, new[key]), key
+    _assert_same_optimizer_state(resumed, optim)
+    assert not any(torch.equal(a, b) for a, b in zip(net.parameters(), trained.parameters()))
+    net(torch.randn(8, 4)).square().sum().backward()
+    resumed.step()   # and it trains on
+
+
+def test_convert_into_a_trainer_checkpoint_keeps_its_state_only_where_it_fits(run, tmp_path):
+    from safetensors.torch import save_file
+
+    _, optim = _trainer_checkpoint(tmp_path / "ckpt")
+    same = {k: v + 1 for k, v in _net().state_dict().items()}
+    save_file(same, str(tmp_path / "same.safetensors"))
+    assert run("convert", tmp_path / "same.safetensors", tmp_path / "ckpt").exit_code == 0
+    net, resumed, step = _resume(tmp_path / "ckpt")
+    assert step == 2 and all(torch.equal(v, same[k]) for k, v in net.state_dict().items())
+    _assert_same_optimizer_state(resumed, optim)
+
+    before = {p: (tmp_path / "ckpt" / p).read_bytes() for p in os.listdir(tmp_path / "ckpt")}
+    wider = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 2)).state_dict()
+    save_file(wider, str(tmp_path / "wider.safetensors"))
+    refused = run("convert", tmp_path / "wider.safetensors", tmp_path / "ckpt")
+    assert refused.exit_code == 2
+    assert "0.weight [3, 4] -> [5, 4]" in refused.stderr and "Nothing written" in refused.stderr
+    assert {p: (tmp_path / "ckpt" / p).read_bytes() for p in os.listdir(tmp_path / "ckpt")} == before
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".ckpt")]
+    assert run("convert", tmp_path / "wider.safetensors", f"{tmp_path / 'fresh'}/").exit_code == 0   # the weights alone
+
+
+def test_the_model_non_tensor_entries_of_a_trainer_checkpoint_are_kept(run, tmp_path):
+    """A module's extra state (a pickled value beside its tensors, as TransformerEngine keeps) is not a weight:
+    written over, the checkpoint keeps it, so the trainer's own dcp.load still finds every key."""
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    _save({"model": {"w.weight": torch.zeros(2, 3), "w._extra_state": "fp8 recipe v2"}, "step": 9}, tmp_path / "ckpt")
+    save_file({"w.weight": torch.ones(2, 3)}, str(tmp_path / "new.safetensors"))
+    assert run("transplant", tmp_path / "new.safetensors", tmp_path / "ckpt").exit_code == 0
+    dcp_to_torch_save(tmp_path / "ckpt", tmp_path / "all.pt")
+    everything = torch.load(tmp_path / "all.pt", weights_only=True)
+    assert everything["step"] == 9 and everything["model"]["w._extra_state"] == "fp8 recipe v2"
+    assert torch.equal(everything["model"]["w.weight"], torch.ones(2, 3))
