@@ -19,14 +19,18 @@ from tests.conftest import FIXTURES
 
 from .harness import Campaign, Worker
 from .h5_mutants import FIXTURES as h5_fixtures, h5_mutants
+from .onnx_mutants import FIXTURES as onnx_fixtures, onnx_mutants
 from .safetensors_mutants import FIXTURES as safetensors_fixtures, safetensors_mutants
+from .tf_mutants import FIXTURES as tf_fixtures, tf_mutants
 from .torch_mutants import FIXTURES as torch_fixtures, torch_mutants
 
 # format -> (strategy, the valid fixtures it mutates, inputs in `make test`)
 CAMPAIGNS = {
     "safetensors": (safetensors_mutants(), safetensors_fixtures, 400),
-    "torch": (torch_mutants(), torch_fixtures, 300),
-    "hdf5": (h5_mutants(), h5_fixtures, 300),
+    "torch": (torch_mutants(), torch_fixtures, 250),
+    "hdf5": (h5_mutants(), h5_fixtures, 200),
+    "onnx": (onnx_mutants(), onnx_fixtures, 400),
+    "tf_checkpoint": (tf_mutants(), tf_fixtures, 300),
 }
 LONG = os.environ.get("FUZZ_EXAMPLES")
 
