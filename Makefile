@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test zoo bench fixtures clean
+.PHONY: demo test fuzz zoo bench fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The fuzz campaigns of `make test`, longer: FUZZ_EXAMPLES inputs per format, a seed of its own, a summary
+# in fuzz-report.json; the files of each bug found are kept under $$TMPDIR/surgery-fuzz-crashes (tests/fuzz/README.md).
+FUZZ_EXAMPLES ?= 5000
+FUZZ_SEED     ?= $(shell date +%s)
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_REPORT=fuzz-report.json $(PY) -m pytest tests/fuzz -m fuzz -q -p no:cacheprovider \
+		--hypothesis-seed=$(FUZZ_SEED)
 
 zoo: $(STAMP)
 	$(PY) -m pytest -m zoo -s -v

@@ -62,7 +62,7 @@ def header_edit(draw, header: dict) -> str:
         header[draw(st.sampled_from([name + ".copy", "", "__metadata__x", "a" * 500]))] = dict(entry)
     elif kind == "swap" and len(names) > 1:
         other = header[draw(st.sampled_from(names))]
-        entry["data_offsets"], other["data_offsets"] = other["data_offsets"], entry["data_offsets"]
+        entry["data_offsets"], other["data_offsets"] = other.get("data_offsets"), entry.get("data_offsets")
     elif kind == "metadata":
         header["__metadata__"] = draw(json_values(4))
     else:

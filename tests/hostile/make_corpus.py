@@ -46,6 +46,9 @@ def make_safetensors() -> None:
         "st_gigantic_shape.safetensors": st({"l.weight": {"dtype": "F32", "shape": [1 << 40, 1 << 40], "data_offsets": [0, 16]}}, b"\0" * 16),
         "st_header_not_object.safetensors": st(b"[1, 2, 3]  ", b""),
         "st_empty.safetensors": b"",
+        # Found by tests/fuzz: a dtype that is not a string raised TypeError; JSON true passed as a dimension.
+        "st_dtype_not_string.safetensors": st({"l.weight": {"dtype": ["F32"], "shape": [2, 2], "data_offsets": [0, 16]}}, b"\0" * 16),
+        "st_bool_shape.safetensors": st({"l.weight": {"dtype": "F32", "shape": [True, 4], "data_offsets": [0, 16]}}, b"\0" * 16),
     }
     for name, data in files.items():
         (OUT / name).write_bytes(data)
@@ -81,6 +84,10 @@ def make_torch() -> None:
     rezip("pt_no_data_pkl.pt", lambda m, d: None if m.endswith("data.pkl") else d)
     rezip("pt_storage_short.pt", lambda m, d: d[:3] if "/data/" in m and not m.endswith(".pkl") else d)
     (OUT / "pt_truncated.pt").write_bytes(src.read_bytes()[:700])
+    # Found by tests/fuzz: member names garbled in a local header made the unsafe-pickle refusal raise UnicodeDecodeError.
+    garbled = bytearray((FIX / "torch" / "low_precision.pt").read_bytes())
+    garbled[47:94] = b"\xff" * 47
+    (OUT / "pt_garbled_member_name.pt").write_bytes(bytes(garbled))
     (OUT / "pt_legacy_truncated.pt").write_bytes((FIX / "torch" / "legacy.pt").read_bytes()[:100])
     script = FIX / "torchscript" / "tiny.ts"
     with zipfile.ZipFile(script) as z:
@@ -94,6 +101,7 @@ def make_keras() -> None:
     weights = (FIX / "keras" / "vgg.weights.h5").read_bytes()
     (OUT / "h5_truncated.weights.h5").write_bytes(weights[: len(weights) // 2])
     (OUT / "h5_garbage.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\xff" * 600)
+    make_h5_datasets()
     with zipfile.ZipFile(FIX / "keras" / "vgg.keras") as z:
         members = {i.filename: z.read(i) for i in z.infolist()}
     config = json.loads(members["config.json"])
@@ -117,6 +125,32 @@ def make_keras() -> None:
             z.writestr(member, b"{{{" if member == "config.json" else data)
 
 
+def make_h5_datasets() -> None:
+    """Weight datasets that are not what they claim (all but the external one found by tests/fuzz)."""
+    import h5py
+    import numpy as np
+
+    keras3, legacy = "layers/conv2d/vars/0", "model_weights/{0}/{0}/kernel"
+    cases = {
+        "h5_dataset_is_group.weights.h5": (keras3, lambda f, at: f.create_group(at)),
+        # 2 TB declared at the cost of a few bytes: chunked, no chunk ever written.
+        "h5_huge_dataset.weights.h5": (keras3, lambda f, at: f.create_dataset(at, shape=(1, 1 << 40), dtype="f2",
+                                                                            chunks=(1, 1))),
+        # The bytes of the dataset live in another file: any file the user can read.
+        "h5_external_storage.weights.h5": (keras3, lambda f, at: f.create_dataset(
+            at, shape=(3, 3, 3, 4), dtype="f4", external=[("/etc/passwd", 0, 432)])),
+        # A dense kernel of rank 1 (IndexError in the layout rule); a conv kernel of rank 1 (an error without the file).
+        "h5_dense_kernel_rank1.h5": (legacy.format("fc1"), lambda f, at: f.create_dataset(at, data=np.zeros(3))),
+        "h5_conv_kernel_rank1.h5": (legacy.format("block2_conv1"), lambda f, at: f.create_dataset(at, data=np.zeros(2))),
+    }
+    for name, (target, edit) in cases.items():
+        source = "vgg.weights.h5" if target == keras3 else "vgg.h5"
+        shutil.copy(FIX / "keras" / source, OUT / name)
+        with h5py.File(OUT / name, "r+") as f:
+            del f[target]
+            edit(f, target)
+
+
 def make_tf() -> None:
     for name, keep in (("tf_no_data", False), ("tf_short_data", True)):
         folder = OUT / name
@@ -127,6 +161,47 @@ def make_tf() -> None:
             (folder / "ckpt.data-00000-of-00001").write_bytes(data[: len(data) // 3])
     (OUT / "tf_index_garbage").mkdir()
     (OUT / "tf_index_garbage" / "ckpt.index").write_bytes(b"\x00garbage" * 40)
+    make_tf_entries()
+
+
+def make_tf_entries() -> None:
+    """Indexes whose block checksums are right but whose entries lie (found by tests/fuzz: TensorFlow
+    aborted the process on the first two, raised TypeError on the third)."""
+    from tensorflow.core.protobuf import tensor_bundle_pb2 as bundle
+
+    sys.path.insert(0, str(ROOT))
+    from tests.fuzz.tf_table import read_entries, write_table
+
+    def garble(value: bytes) -> bytes:
+        return b"\xff\xff\xff"
+
+    def slice_outside(value: bytes) -> bytes:
+        entry = bundle.BundleEntryProto.FromString(value)
+        entry.slices.add().extent.add(start=0, length=0)
+        return entry.SerializeToString()
+
+    def set_fields(**fields):
+        def edit(value: bytes) -> bytes:
+            entry = bundle.BundleEntryProto.FromString(value)
+            for key, field in fields.items():
+                if key == "dims":
+                    del entry.shape.dim[:]
+                    for size in field:
+                        entry.shape.dim.add(size=size)
+                else:
+                    setattr(entry, key, field)
+            return entry.SerializeToString()
+        return edit
+
+    cases = {"tf_entry_garbled": garble, "tf_slice_outside": slice_outside, "tf_dtype_invalid": set_fields(dtype=-1),
+             "tf_huge_shape": set_fields(dims=[1 << 40, 1 << 40])}
+    for name, edit in cases.items():
+        entries = read_entries((FIX / "tf" / "tf2" / "ckpt.index").read_bytes())
+        key, value = next((k, v) for k, v in entries if k.endswith(b"VARIABLE_VALUE"))
+        entries = [(k, edit(v) if k == key else v) for k, v in entries]
+        (OUT / name).mkdir()
+        (OUT / name / "ckpt.index").write_bytes(write_table(entries))
+        shutil.copy(FIX / "tf" / "tf2" / "ckpt.data-00000-of-00001", OUT / name / "ckpt.data-00000-of-00001")
 
 
 def make_onnx() -> None:
@@ -137,7 +212,7 @@ def make_onnx() -> None:
     raw = (FIX / "onnx" / "dense.onnx").read_bytes()
     (OUT / "onnx_truncated.onnx").write_bytes(raw[: len(raw) // 2])
     model = onnx.load(FIX / "onnx" / "dense.onnx")
-    def external(name: str, location: str, offset: int = 0, length: int | None = None) -> None:
+    def external(name: str, location: str, offset: int | str = 0, length: int | None = None) -> None:
         m = onnx.ModelProto()
         m.CopyFrom(model)
         init = m.graph.initializer[0]
@@ -154,12 +229,24 @@ def make_onnx() -> None:
     external("onnx_ext_symlink", "weights.bin")
     os.symlink("/etc/passwd", OUT / "onnx_ext_symlink" / "weights.bin")
     external("onnx_ext_past_end", "weights.bin", offset=0, length=1 << 30)
+    external("onnx_ext_offset_not_number", "weights.bin", offset="")   # found by tests/fuzz: ValueError
+    (OUT / "onnx_ext_offset_not_number" / "weights.bin").write_bytes(b"\0" * 64)
     (OUT / "onnx_ext_past_end" / "weights.bin").write_bytes(b"\0" * 64)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     init = m.graph.initializer[0]
     init.dims[0] = init.dims[0] * 1000
     onnx.save(m, OUT / "onnx_dims_disagree.onnx")
+    # Found by tests/fuzz: a data type ONNX does not define (KeyError), typed data short of its dims (ValueError),
+    # a name that is not UTF-8 (UnicodeDecodeError: protobuf checks it only when the name is first read).
+    for name, edit in (("onnx_unknown_data_type.onnx", lambda t: setattr(t, "data_type", 2**31 - 1)),
+                       ("onnx_float_data_short.onnx", lambda t: (t.ClearField("raw_data"), t.float_data.append(1.0)))):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        edit(m.graph.initializer[0])
+        onnx.save(m, OUT / name)
+    name = model.graph.initializer[0].name.encode()
+    (OUT / "onnx_name_not_utf8.onnx").write_bytes(raw.replace(name, b"\xff" + name[1:]))
 
 
 MAPS = {

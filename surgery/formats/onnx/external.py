@@ -57,6 +57,10 @@ class Source:
             raw = len(tensor.raw_data)
             if tensor.HasField("raw_data") and raw != expected:
                 raise fail(self.path, f"initializer {tensor.name!r} holds {raw} bytes, its shape needs {expected}")
+            if not tensor.HasField("raw_data"):
+                # Typed fields (float_data...) are parsed with the model already; converting them is the one
+                # check of their length that holds for every type, packed 4-bit ones included.
+                self.load(tensor)
             return
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
