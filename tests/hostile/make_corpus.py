@@ -165,40 +165,47 @@ def make_tf() -> None:
 
 
 def make_tf_entries() -> None:
-    """Indexes whose block checksums are right but whose entries lie (found by tests/fuzz: TensorFlow
-    aborted the process on the first two, raised TypeError on the third)."""
+    """Indexes whose block checksums are right but whose entries lie, all found by tests/fuzz: TensorFlow
+    aborted the process on a garbled entry and on slices (outside the shape, or listed twice), raised
+    TypeError on an unknown dtype, and kept one of two entries of the same name."""
     from tensorflow.core.protobuf import tensor_bundle_pb2 as bundle
 
     sys.path.insert(0, str(ROOT))
     from tests.fuzz.tf_table import read_entries, write_table
 
-    def garble(value: bytes) -> bytes:
-        return b"\xff\xff\xff"
+    def edit_entry(edit):
+        """The first variable's entry edited: ``edit(BundleEntryProto)`` (or its bytes replaced)."""
+        def apply(entries: list) -> list:
+            key = next(k for k, _ in entries if k.endswith(b"VARIABLE_VALUE"))
+            out = []
+            for k, v in entries:
+                if k == key:
+                    entry = bundle.BundleEntryProto.FromString(v)
+                    made = edit(entry)
+                    v = made if isinstance(made, bytes) else entry.SerializeToString()
+                out.append((k, v))
+            return out
+        return apply
 
-    def slice_outside(value: bytes) -> bytes:
-        entry = bundle.BundleEntryProto.FromString(value)
-        entry.slices.add().extent.add(start=0, length=0)
-        return entry.SerializeToString()
+    def dims(entry, sizes) -> None:
+        del entry.shape.dim[:]
+        for size in sizes:
+            entry.shape.dim.add(size=size)
 
-    def set_fields(**fields):
-        def edit(value: bytes) -> bytes:
-            entry = bundle.BundleEntryProto.FromString(value)
-            for key, field in fields.items():
-                if key == "dims":
-                    del entry.shape.dim[:]
-                    for size in field:
-                        entry.shape.dim.add(size=size)
-                else:
-                    setattr(entry, key, field)
-            return entry.SerializeToString()
-        return edit
+    def slices(entry, *extents) -> None:
+        for start, length in extents:
+            entry.slices.add().extent.add(start=start, length=length)
 
-    cases = {"tf_entry_garbled": garble, "tf_slice_outside": slice_outside, "tf_dtype_invalid": set_fields(dtype=-1),
-             "tf_huge_shape": set_fields(dims=[1 << 40, 1 << 40])}
+    cases = {
+        "tf_entry_garbled": edit_entry(lambda e: b"\xff\xff\xff"),
+        "tf_slice_outside": edit_entry(lambda e: slices(e, (0, 0))),
+        "tf_slice_twice": edit_entry(lambda e: (dims(e, [8]), slices(e, (0, 8), (0, 8)))),
+        "tf_dtype_invalid": edit_entry(lambda e: setattr(e, "dtype", -1)),
+        "tf_huge_shape": edit_entry(lambda e: dims(e, [1 << 40, 1 << 40])),
+        "tf_duplicate_key": lambda entries: entries + [entries[-1]],
+    }
     for name, edit in cases.items():
-        entries = read_entries((FIX / "tf" / "tf2" / "ckpt.index").read_bytes())
-        key, value = next((k, v) for k, v in entries if k.endswith(b"VARIABLE_VALUE"))
-        entries = [(k, edit(v) if k == key else v) for k, v in entries]
+        entries = edit(read_entries((FIX / "tf" / "tf2" / "ckpt.index").read_bytes()))
         (OUT / name).mkdir()
         (OUT / name / "ckpt.index").write_bytes(write_table(entries))
         shutil.copy(FIX / "tf" / "tf2" / "ckpt.data-00000-of-00001", OUT / name / "ckpt.data-00000-of-00001")
@@ -245,6 +252,10 @@ def make_onnx() -> None:
         m.CopyFrom(model)
         edit(m.graph.initializer[0])
         onnx.save(m, OUT / name)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.node[0].op_type = "GRU"   # found by tests/fuzz: its weight (out, in) cut into gates, IndexError
+    onnx.save(m, OUT / "onnx_gru_weight_rank2.onnx")
     name = model.graph.initializer[0].name.encode()
     (OUT / "onnx_name_not_utf8.onnx").write_bytes(raw.replace(name, b"\xff" + name[1:]))
 

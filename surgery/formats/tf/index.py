@@ -98,6 +98,9 @@ def check_index(prefix: str, shown: str) -> None:
         raise fail(shown, f"not a readable TensorFlow checkpoint (damaged index: {e})") from None
     if not found or found[0][0] != b"":
         raise fail(shown, "not a readable TensorFlow checkpoint (damaged index: no header entry)")
+    keys = [key for key, _ in found]
+    if any(a >= b for a, b in zip(keys, keys[1:])):   # TensorFlow would keep one of two, silently
+        raise fail(shown, "not a readable TensorFlow checkpoint (damaged index: keys repeated or out of order)")
     header = _parse(bundle.BundleHeaderProto, found[0][1], shown, "the header")
     if header.num_shards < 1 or header.endianness != bundle.BundleHeaderProto.LITTLE:
         raise fail(shown, f"checkpoint index header says {header.num_shards} shards, endianness "
@@ -140,8 +143,9 @@ def _check_entry(key: str, entry: Any, sizes: list[int], shown: str) -> None:
     if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > sizes[entry.shard_id]:
         raise fail(shown, f"tensor {key!r}: bytes {entry.offset}..{entry.offset + entry.size} lie outside "
                           f"its {sizes[entry.shard_id]}-byte data shard (truncated?)")
-    for piece in entry.slices:
-        _check_slice(key, piece, dims, shown)
+    slices = [_check_slice(key, piece, dims, shown) for piece in entry.slices]
+    if len(set(slices)) != len(slices):   # TensorFlow CHECKs that each slice is new
+        raise fail(shown, f"tensor {key!r}: the same slice is listed twice")
     row = dtypes.BY_NAME.get(dtype.name)
     if row is not None and not entry.slices:   # a numeric tensor stored whole: its bytes are its shape's
         needed = math.prod(dims) * row.numpy.itemsize
@@ -150,11 +154,15 @@ def _check_entry(key: str, entry: Any, sizes: list[int], shown: str) -> None:
                               f"the index gives it {entry.size}")
 
 
-def _check_slice(key: str, piece: Any, dims: list[int], shown: str) -> None:
-    """A slice of a partitioned variable: one extent per dimension, each inside it (TF checks with a CHECK)."""
-    extents = [(e.start, e.length if e.HasField("length") else None) for e in piece.extent]
+def _check_slice(key: str, piece: Any, dims: list[int], shown: str) -> tuple:
+    """A slice of a partitioned variable, as ``(start, length or None)`` per dimension.
+
+    One extent per dimension, each inside it: TensorFlow CHECKs this, stopping the process.
+    """
+    extents = tuple((e.start, e.length if e.HasField("length") else None) for e in piece.extent)
     inside = len(extents) == len(dims) and all(
         start == 0 if length is None else 0 <= start and 1 <= length and start + length <= dim
         for (start, length), dim in zip(extents, dims))
     if not inside:
         raise fail(shown, f"tensor {key!r}: slice {extents} does not lie inside its shape {dims}")
+    return extents
