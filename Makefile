@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test zoo faults fuzz bench fixtures clean
+.PHONY: demo test fuzz zoo faults bench fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,17 +22,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The fuzz campaigns of `make test`, longer: FUZZ_EXAMPLES inputs per format, a seed of its own, a summary
+# in fuzz-report.json; the files of each bug found are kept under $$TMPDIR/surgery-fuzz-crashes (tests/fuzz/README.md).
+FUZZ_EXAMPLES ?= 5000
+FUZZ_SEED     ?= $(shell date +%s)
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_REPORT=fuzz-report.json $(PY) -m pytest tests/fuzz -m fuzz -q -p no:cacheprovider \
+		--hypothesis-seed=$(FUZZ_SEED)
+
 zoo: $(STAMP)
 	$(PY) -m pytest -m zoo -s -v
 
 # kill -9 at random moments of ~200 MB writes (single file, sharded, TF checkpoint); prints the tallies.
 faults: $(STAMP)
 	$(PY) -m pytest -m faults -s -v tests/faults
-
-# Many more mutants than `make test` runs, freshly random each time, with Hypothesis' statistics.
-fuzz: $(STAMP)
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} FUZZ_RANDOM=1 $(PY) -m pytest -q -p no:cacheprovider tests/fuzz \
-		--hypothesis-show-statistics
 
 bench: $(STAMP)
 	$(PY) bench/run.py

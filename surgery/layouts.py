@@ -76,11 +76,12 @@ def permute(native: str, canonical: str) -> Transform:
         axes = PERMUTATIONS[(native, canonical)]
     except KeyError:
         raise SurgeryError(f"no layout rule from {native} to {canonical}") from None
-    return Transform(
-        f"{native}->{canonical}",
-        lambda a: np.ascontiguousarray(np.transpose(a, axes)),
-        lambda s: tuple(s[i] for i in axes),
-    )
+    def shape(s: tuple[int, ...]) -> tuple[int, ...]:
+        if len(s) != len(axes):
+            raise SurgeryError(f"layout {native} needs a tensor of rank {len(axes)}, got shape {list(s)}")
+        return tuple(s[i] for i in axes)
+
+    return Transform(f"{native}->{canonical}", lambda a: np.ascontiguousarray(np.transpose(a, axes)), shape)
 
 
 def kernel_axes(ndim: int) -> tuple[int, ...]:

@@ -29,7 +29,7 @@ import zipfile
 from types import ModuleType
 from typing import Any
 
-from ..errors import FormatError
+from ..errors import FormatError, SurgeryError
 from ..graph import LayerGraph
 
 # Order matters: ``detect`` asks each module's ``sniff`` in this order.
@@ -124,6 +124,16 @@ def template_of(graph: LayerGraph, name: str, template: str | None, path: str, o
 
 
 def read(path: str | os.PathLike, *, format: str | None = None, **options: Any) -> LayerGraph:
-    """Read any checkpoint into a lazy LayerGraph."""
+    """Read any checkpoint into a lazy LayerGraph.
+
+    A refusal names the file: one raised deep inside a reader (a layout rule, a
+    Keras layer) that does not is given the file's name in front.
+    """
+    path = os.fspath(path)
     name = format or detect(path)
-    return module(name).read(os.fspath(path), **options)
+    try:
+        return module(name).read(path, **options)
+    except SurgeryError as e:
+        if path in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from None

@@ -91,12 +91,12 @@ def _check_entry(path: str, name: str, entry: Any, data_size: int) -> None:
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
         raise fail(path, f"tensor {name!r}: entry needs dtype, shape and data_offsets")
     code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if code not in dtypes.BY_SAFETENSORS:
+    if not isinstance(code, str) or code not in dtypes.BY_SAFETENSORS:
         raise fail(path, f"tensor {name!r}: unknown dtype {code!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise fail(path, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
     if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+            or not all(_is_count(o) for o in offsets) or not offsets[0] <= offsets[1]):
         raise fail(path, f"tensor {name!r}: data_offsets {offsets!r} are not [begin, end]")
     expected = math.prod(shape) * dtypes.BY_SAFETENSORS[code].numpy.itemsize
     if offsets[1] - offsets[0] != expected:
@@ -105,6 +105,11 @@ def _check_entry(path: str, name: str, entry: Any, data_size: int) -> None:
     if offsets[1] > data_size:
         raise fail(path, f"tensor {name!r}: data_offsets end at {offsets[1]}, past the end of the "
                          f"{data_size}-byte data section (truncated?)")
+
+
+def _is_count(value: Any) -> bool:
+    """A JSON non-negative integer; ``true`` is an int to Python, not to the safetensors format."""
+    return type(value) is int and value >= 0
 
 
 def _check_overlaps(path: str, header: dict[str, dict]) -> None:

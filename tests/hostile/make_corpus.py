@@ -46,6 +46,9 @@ def make_safetensors() -> None:
         "st_gigantic_shape.safetensors": st({"l.weight": {"dtype": "F32", "shape": [1 << 40, 1 << 40], "data_offsets": [0, 16]}}, b"\0" * 16),
         "st_header_not_object.safetensors": st(b"[1, 2, 3]  ", b""),
         "st_empty.safetensors": b"",
+        # Found by tests/fuzz: a dtype that is not a string raised TypeError; JSON true passed as a dimension.
+        "st_dtype_not_string.safetensors": st({"l.weight": {"dtype": ["F32"], "shape": [2, 2], "data_offsets": [0, 16]}}, b"\0" * 16),
+        "st_bool_shape.safetensors": st({"l.weight": {"dtype": "F32", "shape": [True, 4], "data_offsets": [0, 16]}}, b"\0" * 16),
     }
     for name, data in files.items():
         (OUT / name).write_bytes(data)
@@ -81,6 +84,10 @@ def make_torch() -> None:
     rezip("pt_no_data_pkl.pt", lambda m, d: None if m.endswith("data.pkl") else d)
     rezip("pt_storage_short.pt", lambda m, d: d[:3] if "/data/" in m and not m.endswith(".pkl") else d)
     (OUT / "pt_truncated.pt").write_bytes(src.read_bytes()[:700])
+    # Found by tests/fuzz: member names garbled in a local header made the unsafe-pickle refusal raise UnicodeDecodeError.
+    garbled = bytearray((FIX / "torch" / "low_precision.pt").read_bytes())
+    garbled[47:94] = b"\xff" * 47
+    (OUT / "pt_garbled_member_name.pt").write_bytes(bytes(garbled))
     (OUT / "pt_legacy_truncated.pt").write_bytes((FIX / "torch" / "legacy.pt").read_bytes()[:100])
     script = FIX / "torchscript" / "tiny.ts"
     with zipfile.ZipFile(script) as z:
@@ -98,6 +105,7 @@ def make_keras() -> None:
     # `layer_names` attribute then never returned from the HDF5 library.
     legacy = (FIX / "keras" / "vgg.h5").read_bytes()
     (OUT / "h5_inserted_byte.h5").write_bytes(legacy[:12899] + b"\x00" + legacy[12899:])
+    make_h5_datasets()
     with zipfile.ZipFile(FIX / "keras" / "vgg.keras") as z:
         members = {i.filename: z.read(i) for i in z.infolist()}
     config = json.loads(members["config.json"])
@@ -121,6 +129,32 @@ def make_keras() -> None:
             z.writestr(member, b"{{{" if member == "config.json" else data)
 
 
+def make_h5_datasets() -> None:
+    """Weight datasets that are not what they claim (all but the external one found by tests/fuzz)."""
+    import h5py
+    import numpy as np
+
+    keras3, legacy = "layers/conv2d/vars/0", "model_weights/{0}/{0}/kernel"
+    cases = {
+        "h5_dataset_is_group.weights.h5": (keras3, lambda f, at: f.create_group(at)),
+        # 2 TB declared at the cost of a few bytes: chunked, no chunk ever written.
+        "h5_huge_dataset.weights.h5": (keras3, lambda f, at: f.create_dataset(at, shape=(1, 1 << 40), dtype="f2",
+                                                                            chunks=(1, 1))),
+        # The bytes of the dataset live in another file: any file the user can read.
+        "h5_external_storage.weights.h5": (keras3, lambda f, at: f.create_dataset(
+            at, shape=(3, 3, 3, 4), dtype="f4", external=[("/etc/passwd", 0, 432)])),
+        # A dense kernel of rank 1 (IndexError in the layout rule); a conv kernel of rank 1 (an error without the file).
+        "h5_dense_kernel_rank1.h5": (legacy.format("fc1"), lambda f, at: f.create_dataset(at, data=np.zeros(3))),
+        "h5_conv_kernel_rank1.h5": (legacy.format("block2_conv1"), lambda f, at: f.create_dataset(at, data=np.zeros(2))),
+    }
+    for name, (target, edit) in cases.items():
+        source = "vgg.weights.h5" if target == keras3 else "vgg.h5"
+        shutil.copy(FIX / "keras" / source, OUT / name)
+        with h5py.File(OUT / name, "r+") as f:
+            del f[target]
+            edit(f, target)
+
+
 def make_tf() -> None:
     for name, keep in (("tf_no_data", False), ("tf_short_data", True)):
         folder = OUT / name
@@ -131,6 +165,54 @@ def make_tf() -> None:
             (folder / "ckpt.data-00000-of-00001").write_bytes(data[: len(data) // 3])
     (OUT / "tf_index_garbage").mkdir()
     (OUT / "tf_index_garbage" / "ckpt.index").write_bytes(b"\x00garbage" * 40)
+    make_tf_entries()
+
+
+def make_tf_entries() -> None:
+    """Indexes whose block checksums are right but whose entries lie, all found by tests/fuzz: TensorFlow
+    aborted the process on a garbled entry and on slices (outside the shape, or listed twice), raised
+    TypeError on an unknown dtype, and kept one of two entries of the same name."""
+    from tensorflow.core.protobuf import tensor_bundle_pb2 as bundle
+
+    sys.path.insert(0, str(ROOT))
+    from tests.fuzz.tf_table import read_entries, write_table
+
+    def edit_entry(edit):
+        """The first variable's entry edited: ``edit(BundleEntryProto)`` (or its bytes replaced)."""
+        def apply(entries: list) -> list:
+            key = next(k for k, _ in entries if k.endswith(b"VARIABLE_VALUE"))
+            out = []
+            for k, v in entries:
+                if k == key:
+                    entry = bundle.BundleEntryProto.FromString(v)
+                    made = edit(entry)
+                    v = made if isinstance(made, bytes) else entry.SerializeToString()
+                out.append((k, v))
+            return out
+        return apply
+
+    def dims(entry, sizes) -> None:
+        del entry.shape.dim[:]
+        for size in sizes:
+            entry.shape.dim.add(size=size)
+
+    def slices(entry, *extents) -> None:
+        for start, length in extents:
+            entry.slices.add().extent.add(start=start, length=length)
+
+    cases = {
+        "tf_entry_garbled": edit_entry(lambda e: b"\xff\xff\xff"),
+        "tf_slice_outside": edit_entry(lambda e: slices(e, (0, 0))),
+        "tf_slice_twice": edit_entry(lambda e: (dims(e, [8]), slices(e, (0, 8), (0, 8)))),
+        "tf_dtype_invalid": edit_entry(lambda e: setattr(e, "dtype", -1)),
+        "tf_huge_shape": edit_entry(lambda e: dims(e, [1 << 40, 1 << 40])),
+        "tf_duplicate_key": lambda entries: entries + [entries[-1]],
+    }
+    for name, edit in cases.items():
+        entries = edit(read_entries((FIX / "tf" / "tf2" / "ckpt.index").read_bytes()))
+        (OUT / name).mkdir()
+        (OUT / name / "ckpt.index").write_bytes(write_table(entries))
+        shutil.copy(FIX / "tf" / "tf2" / "ckpt.data-00000-of-00001", OUT / name / "ckpt.data-00000-of-00001")
 
 
 def make_onnx() -> None:
@@ -141,7 +223,7 @@ def make_onnx() -> None:
     raw = (FIX / "onnx" / "dense.onnx").read_bytes()
     (OUT / "onnx_truncated.onnx").write_bytes(raw[: len(raw) // 2])
     model = onnx.load(FIX / "onnx" / "dense.onnx")
-    def external(name: str, location: str, offset: int = 0, length: int | None = None) -> None:
+    def external(name: str, location: str, offset: int | str = 0, length: int | None = None) -> None:
         m = onnx.ModelProto()
         m.CopyFrom(model)
         init = m.graph.initializer[0]
@@ -158,12 +240,28 @@ def make_onnx() -> None:
     external("onnx_ext_symlink", "weights.bin")
     os.symlink("/etc/passwd", OUT / "onnx_ext_symlink" / "weights.bin")
     external("onnx_ext_past_end", "weights.bin", offset=0, length=1 << 30)
+    external("onnx_ext_offset_not_number", "weights.bin", offset="")   # found by tests/fuzz: ValueError
+    (OUT / "onnx_ext_offset_not_number" / "weights.bin").write_bytes(b"\0" * 64)
     (OUT / "onnx_ext_past_end" / "weights.bin").write_bytes(b"\0" * 64)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     init = m.graph.initializer[0]
     init.dims[0] = init.dims[0] * 1000
     onnx.save(m, OUT / "onnx_dims_disagree.onnx")
+    # Found by tests/fuzz: a data type ONNX does not define (KeyError), typed data short of its dims (ValueError),
+    # a name that is not UTF-8 (UnicodeDecodeError: protobuf checks it only when the name is first read).
+    for name, edit in (("onnx_unknown_data_type.onnx", lambda t: setattr(t, "data_type", 2**31 - 1)),
+                       ("onnx_float_data_short.onnx", lambda t: (t.ClearField("raw_data"), t.float_data.append(1.0)))):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        edit(m.graph.initializer[0])
+        onnx.save(m, OUT / name)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.node[0].op_type = "GRU"   # found by tests/fuzz: its weight (out, in) cut into gates, IndexError
+    onnx.save(m, OUT / "onnx_gru_weight_rank2.onnx")
+    name = model.graph.initializer[0].name.encode()
+    (OUT / "onnx_name_not_utf8.onnx").write_bytes(raw.replace(name, b"\xff" + name[1:]))
 
 
 MAPS = {

@@ -259,13 +259,42 @@ def _legacy_owner(weight: str, top: str, nested: set[str]) -> str:
 
 
 def _to_layer(f: Any, entry: H5Layer, path: str, opener: Callable[[], Any]) -> Layer:
-    variables = {var: _param(f[ds], ds, path, opener) for var, ds in entry.datasets.items()}
+    variables = {var: _param(_dataset(f, ds, path), ds, path, opener) for var, ds in entry.datasets.items()}
     if entry.class_name in ("DepthwiseConv1D", "DepthwiseConv2D") and "depthwise_kernel" in variables:
         variables["kernel"] = variables.pop("depthwise_kernel")   # tf.keras 2 spelling
     layer = keras_layers.to_layer(entry.name, entry.class_name, variables, entry.config)
     if entry.class_from:
         layer.attrs["kind_from"] = entry.class_from
     return layer
+
+
+# Deflate, the strongest filter h5py ships, packs at most about 1032 bytes into one.
+_MAX_RATIO = 1032
+
+
+def _dataset(f: Any, ds_path: str, path: str) -> Any:
+    """The dataset at ``ds_path``, checked before a byte of it is read.
+
+    It must be a dataset of this file, with its data in this file (HDF5 lets a
+    dataset keep its bytes in another file, which a hostile file would point at
+    anything readable), and its declared size must fit in what the file can hold
+    (all of it when contiguous; ``_MAX_RATIO`` times it when chunked, which may be
+    compressed): a header may declare terabytes at the cost of a few bytes.
+    """
+    h5py = _h5py()
+    link = f.get(ds_path, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise fail(path, f"{ds_path} links to another file ({link.filename}); refused")
+    ds = f[ds_path]
+    if not isinstance(ds, h5py.Dataset):
+        raise fail(path, f"{ds_path} is a {type(ds).__name__.lower()}, where a weight dataset was expected")
+    if ds.external or ds.is_virtual:
+        raise fail(path, f"dataset {ds_path} keeps its data in other files; refused")
+    room = f.id.get_filesize() * (_MAX_RATIO if ds.chunks else 1)  # only chunked data can be compressed
+    if ds.nbytes > room:
+        raise fail(path, f"dataset {ds_path} declares shape {list(ds.shape)} of {ds.dtype} ({ds.nbytes} bytes), "
+                         "more than the file can hold (truncated or lying header?)")
+    return ds
 
 
 def _param(ds: Any, ds_path: str, path: str, opener: Callable[[], Any]) -> Param:

@@ -144,7 +144,8 @@ def own_entry(f: Any, path: str, name: str, cls: str | None, config: dict | None
     vars_path = f"{path}/cell/vars" if "cell/vars" in group else f"{path}/vars"
     if vars_path not in f:
         return H5Layer(name, cls, config=config)
-    shapes = [f[f"{vars_path}/{k}"].shape for _, k in numbered(f[vars_path], ())]
+    # A group where a variable belongs has no shape; the reader refuses it when it takes the variable.
+    shapes = [getattr(f[f"{vars_path}/{k}"], "shape", ()) for _, k in numbered(f[vars_path], ())]
     class_from = ""
     if cls is None:
         cls = class_from_shapes(shapes, name, rnn="cell/vars" in group)

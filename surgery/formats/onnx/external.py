@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ... import dtypes
-from ...errors import SurgeryError, fail
+from ...errors import SurgeryError, fail, first_line
 
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
@@ -52,16 +52,21 @@ class Source:
 
     def check(self, tensor: Any) -> None:
         """Refuse data that lies outside the folder, past a file's end, or short of its shape."""
-        expected = numel(tensor) * np_dtype(tensor).itemsize
+        expected = numel(tensor) * self._dtype(tensor).itemsize
         if tensor.data_location != _EXTERNAL:
             raw = len(tensor.raw_data)
             if tensor.HasField("raw_data") and raw != expected:
                 raise fail(self.path, f"initializer {tensor.name!r} holds {raw} bytes, its shape needs {expected}")
+            if not tensor.HasField("raw_data"):
+                # Typed fields (float_data...) are parsed with the model already; converting them is the one
+                # check of their length that holds for every type, packed 4-bit ones included.
+                self.load(tensor)
             return
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
         file = self._resolve(tensor.name, location)
-        offset, length = int(info.get("offset", 0)), int(info.get("length", expected))
+        offset = self._count(tensor.name, "offset", info.get("offset", "0"))
+        length = self._count(tensor.name, "length", info.get("length", str(expected)))
         size = os.path.getsize(file)
         if length != expected or offset < 0 or offset + length > size:
             raise fail(
@@ -70,6 +75,19 @@ class Source:
                 f"do not hold its {expected} bytes (file is {size} bytes)",
             )
         self.external[tensor.name] = (file, offset, length)
+
+    def _dtype(self, tensor: Any) -> np.dtype:
+        try:
+            return np_dtype(tensor)
+        except KeyError:
+            raise fail(self.path, f"initializer {tensor.name!r} has data type {tensor.data_type}, "
+                                  "which ONNX does not define") from None
+
+    def _count(self, name: str, key: str, value: str) -> int:
+        """An external data ``offset`` or ``length``: a decimal count of bytes."""
+        if not value.isascii() or not value.isdigit():
+            raise fail(self.path, f"initializer {name!r}: external data {key} {value[:40]!r} is not a byte count")
+        return int(value)
 
     def _resolve(self, name: str, location: str) -> str:
         if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
@@ -92,7 +110,11 @@ class Source:
             if not shape or 0 in shape:
                 return np.fromfile(file, dtype, count=numel(tensor), offset=offset).reshape(shape)
             return np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape)
-        return numpy_helper.to_array(tensor)
+        try:
+            return numpy_helper.to_array(tensor)
+        except (ValueError, TypeError, KeyError, IndexError) as e:   # typed data that does not fill its dims
+            raise fail(self.path, f"initializer {tensor.name!r}: its data does not fit dims {list(shape)} of "
+                                  f"type {tensor.data_type} ({first_line(e)})") from None
 
 
 def atomic_target(path: str) -> str | None:

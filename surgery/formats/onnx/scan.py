@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from ... import dtypes
-from ...errors import fail
+from ...errors import SurgeryError, fail
 from ...graph import Param
 from ...kinds import infer_kind, split_key
 from .external import Source, surgery_dtype
@@ -48,7 +48,36 @@ def load_model(path: str) -> Any:
         raise fail(path, f"not a valid ONNX model ({type(exc).__name__}: {exc}); is the file truncated?") from None
     if not model.HasField("graph"):
         raise fail(path, "not a valid ONNX model: it has no graph; is the file truncated?")
+    if not _all_text(model):
+        raise fail(path, "not a valid ONNX model: a name in it is not UTF-8 text; is the file damaged?")
     return model
+
+
+def _all_text(message: Any) -> bool:
+    """Whether every string field, in every nested message, is UTF-8.
+
+    ONNX is proto2: protobuf does not check a string's UTF-8 when it parses, and
+    hands a bad one back as bytes or raises ``UnicodeDecodeError`` when it is read.
+    """
+    from google.protobuf.descriptor import FieldDescriptor
+
+    try:
+        for field, value in message.ListFields():
+            values = value if _repeated(field) else [value]
+            if field.type == FieldDescriptor.TYPE_STRING and not all(isinstance(v, str) for v in values):
+                return False
+            if field.type == FieldDescriptor.TYPE_MESSAGE and not all(_all_text(v) for v in values):
+                return False
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _repeated(field: Any) -> bool:
+    """``is_repeated`` (protobuf 6+), or the ``label`` it replaced."""
+    if hasattr(field, "is_repeated"):
+        return field.is_repeated
+    return field.label == field.LABEL_REPEATED
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -398,4 +427,10 @@ def scan_model(path: str) -> tuple[Any, list[LayerSpec], Source, list[str], dict
     """The model, its layers, its tensor source, notes, and the initializers that are not weights."""
     model = load_model(path)
     scanner = _Scanner(path, model)
-    return model, scanner.scan(), scanner.source, scanner.notes, scanner.left_out
+    try:
+        specs = scanner.scan()
+    except SurgeryError as e:  # a layout rule's refusal knows the tensor, not the file: name it
+        if path in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from None
+    return model, specs, scanner.source, scanner.notes, scanner.left_out

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ... import layouts
+from ...errors import SurgeryError
 from ...layouts import GATE_ORDERS, gates, permute
 
 Array = np.ndarray
@@ -72,6 +73,7 @@ def channel_slot(tensor: Any, role: str) -> Slot | None:
 
 def rnn_slot(tensor: Any, kind: str, which: str, layer: int = 0) -> Slot:
     """An ONNX ``LSTM``/``GRU`` input ``W``, ``R`` or ``B`` as PyTorch's per-direction tensors of ``layer``."""
+    _check_rnn_dims(tensor, kind, which)
     to_torch = gates(GATE_ORDERS[f"onnx_{kind}"], GATE_ORDERS[f"torch_{kind}"])
     to_onnx = gates(GATE_ORDERS[f"torch_{kind}"], GATE_ORDERS[f"onnx_{kind}"])
     name = to_torch.name
@@ -96,3 +98,13 @@ def rnn_slot(tensor: Any, kind: str, which: str, layer: int = 0) -> Slot:
                          for d in range(dirs)])
 
     return Slot(tensor, pieces, back)
+
+
+def _check_rnn_dims(tensor: Any, kind: str, which: str) -> None:
+    """``W``/``R`` are ``(dirs, G*H, in or H)``, ``B`` is ``(dirs, 2*G*H)``: cut into gates, they must divide evenly."""
+    blocks = len(GATE_ORDERS[f"onnx_{kind}"]) * (2 if which == "B" else 1)
+    rank = 2 if which == "B" else 3
+    dims = list(tensor.dims)
+    if len(dims) != rank or dims[0] < 1 or any(d < 0 for d in dims) or dims[1] % blocks:
+        raise SurgeryError(f"ONNX {kind.upper()} input {which} {tensor.name!r} has dims {dims}; it needs rank {rank}, "
+                           f"at least one direction and a second dimension in {blocks} equal gate blocks")

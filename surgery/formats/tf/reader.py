@@ -35,6 +35,7 @@ from ... import dtypes
 from ..keras import layers as keras_layers
 from ...errors import fail, first_line
 from ...graph import Layer, LayerGraph, Param, natural_key
+from .index import check_index
 
 INDEX = ".index"
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -93,6 +94,7 @@ def open_reader(prefix: str, shown: str) -> Any:
     """A ``CheckpointReader`` for ``prefix``, after checking its files exist and look whole."""
     _check_files(prefix, shown)
     tf = import_tf()
+    check_index(prefix, shown)   # TensorFlow aborts the process on some damaged entries
     try:
         return tf.train.load_checkpoint(prefix)
     except Exception as e:  # TF raises OpError, ValueError, IndexError... for bad files

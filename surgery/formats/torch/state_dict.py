@@ -120,8 +120,8 @@ def pickle_globals(path: str) -> list[str]:
         else:
             with open(path, "rb") as f:
                 data = f.read(64 << 20)  # legacy: the pickles come first; tensor bytes follow
-    except (OSError, zipfile.BadZipFile):
-        return []
+    except Exception:  # noqa: BLE001 - zipfile raises anything from BadZipFile to UnicodeDecodeError
+        return []    # on a damaged archive; the refusal stands, naming no globals
     found: list[str] = []
     stream = io.BytesIO(data)
     while stream.tell() < len(data):  # a legacy file is several pickles in a row

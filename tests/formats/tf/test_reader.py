@@ -152,10 +152,20 @@ def test_missing_data_file_names_it(tmp_path):
         tf_checkpoint.read(str(prefix) + ".index")
 
 
-def test_short_data_file_fails_on_read_naming_the_tensor(tmp_path):
+def test_short_data_file_is_refused_before_reading_naming_the_tensor(tmp_path):
     prefix = copy_prefix(TF1, tmp_path)
     data = tmp_path / "model.ckpt.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[:64])
+    with pytest.raises(FormatError, match=r"model\.ckpt: tensor 'bn/gamma': bytes 56\.\.72 lie outside its 64-byte"):
+        tf_checkpoint.read(str(prefix))
+
+
+def test_damaged_data_fails_on_read_naming_the_tensor(tmp_path):
+    prefix = copy_prefix(TF1, tmp_path)
+    data = tmp_path / "model.ckpt.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[1550] ^= 0xFF   # inside dense/kernel (bytes 1540..2820): its checksum no longer matches
+    data.write_bytes(bytes(raw))
     graph = tf_checkpoint.read(str(prefix))
     with pytest.raises(FormatError, match=r"data-\*: tensor dense/kernel"):
         graph["dense"].params["weight"].read()
