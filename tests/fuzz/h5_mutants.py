@@ -119,7 +119,11 @@ def _attempt(draw, f) -> str:
 
 @st.composite
 def h5_mutants(draw) -> Mutant:
-    """A Keras HDF5 file with 0-3 structural edits, then maybe its bytes edited."""
+    """A Keras HDF5 file with 0-3 structural edits, then maybe its bytes edited.
+
+    Damaged bytes reach libhdf5's own parser, which crashes, loops or allocates gigabytes on some:
+    surgery reads the structure in a limited child process first (surgery/sandbox.py).
+    """
     import h5py
 
     fixture = draw(st.sampled_from(FIXTURES))

@@ -37,7 +37,7 @@ class Mutant:
     files: dict[str, bytes] = field(repr=False, compare=False, hash=False)
     entry: str
 
-    def __repr__(self) -> str:  # what hypothesis prints for a failing example: enough to redo the mutation
+    def __repr__(self) -> str:  # what a bug report shows: enough to redo the mutation
         return f"Mutant({self.fixture}: {'; '.join(self.edits) or 'unchanged'})"
 
     def write(self, folder: pathlib.Path) -> pathlib.Path:
@@ -102,6 +102,12 @@ class Worker:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+    def close(self) -> None:
+        """Stop for good, and remove the log kept for crash reports."""
+        self.stop()
+        self.log.close()
+        os.unlink(self.log.name)
 
 
 @dataclass

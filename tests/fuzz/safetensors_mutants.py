@@ -25,8 +25,12 @@ def _dims(draw) -> list:
     return draw(st.lists(st.one_of(hostile_ints, st.integers(0, 64)), max_size=5))
 
 
+def _is_dims(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(v) is int for v in value)
+
+
 def _is_span(value: object) -> bool:
-    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)
+    return _is_dims(value) and len(value) == 2
 
 
 @st.composite
@@ -44,7 +48,7 @@ def header_edit(draw, header: dict) -> str:
         entry["dtype"] = draw(st.one_of(st.sampled_from(DTYPES), json_values(2)))
     elif kind == "shape":
         entry["shape"] = draw(st.one_of(_dims(), json_values(3)))
-    elif kind == "dim" and isinstance(entry.get("shape"), list) and entry["shape"]:
+    elif kind == "dim" and _is_dims(entry.get("shape")):
         i = draw(st.integers(0, len(entry["shape"]) - 1))
         entry["shape"][i] = draw(st.one_of(hostile_ints, st.sampled_from([entry["shape"][i] + 1, entry["shape"][i] * 2])))
     elif kind == "offsets":
@@ -54,7 +58,7 @@ def header_edit(draw, header: dict) -> str:
         delta = draw(st.sampled_from([-8, -1, 1, 8, 1 << 20]))
         entry["data_offsets"] = draw(st.sampled_from([[begin + delta, end], [begin, end + delta],
                                                       [begin + delta, end + delta], [end, begin]]))
-    elif kind == "drop_field":
+    elif kind == "drop_field" and entry:
         entry.pop(draw(st.sampled_from(sorted(entry))), None)
     elif kind == "drop":
         del header[name]

@@ -19,10 +19,6 @@ import sys
 import time
 import traceback
 
-# The answer channel is a private copy of stdout: frameworks that print on fd 1 land on stderr instead.
-_ANSWERS = os.fdopen(os.dup(1), "w", buffering=1)
-os.dup2(2, 1)
-
 
 def materialise(path: str) -> int:
     """Read ``path`` as the CLI does (detect, read, render ``inspect``) and read every tensor; returns the count."""
@@ -68,12 +64,15 @@ def _max_rss() -> int:
 
 
 def main() -> None:
+    # The answer channel is a private copy of stdout: frameworks that print on fd 1 land on stderr instead.
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
     for line in sys.stdin:
         request = json.loads(line)
         before, start = _max_rss(), time.perf_counter()
         answer = judge(request["path"], request["stem"])
         answer.update(seconds=time.perf_counter() - start, rss_growth=_max_rss() - before)
-        _ANSWERS.write(json.dumps(answer) + "\n")
+        answers.write(json.dumps(answer) + "\n")
 
 
 if __name__ == "__main__":

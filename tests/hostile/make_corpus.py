@@ -170,17 +170,18 @@ def make_tf() -> None:
 
 def make_tf_entries() -> None:
     """Indexes whose block checksums are right but whose entries lie, all found by tests/fuzz: TensorFlow
-    aborted the process on a garbled entry and on slices (outside the shape, or listed twice), raised
-    TypeError on an unknown dtype, and kept one of two entries of the same name."""
+    aborted or crashed the process on a garbled entry, on slices (outside the shape, or listed twice) and on
+    a string tensor of 2^62 elements or of more than 2^63, raised TypeError on an unknown dtype, and kept one of two entries of
+    the same name."""
     from tensorflow.core.protobuf import tensor_bundle_pb2 as bundle
 
     sys.path.insert(0, str(ROOT))
     from tests.fuzz.tf_table import read_entries, write_table
 
     def edit_entry(edit):
-        """The first variable's entry edited: ``edit(BundleEntryProto)`` (or its bytes replaced)."""
-        def apply(entries: list) -> list:
-            key = next(k for k, _ in entries if k.endswith(b"VARIABLE_VALUE"))
+        """An entry (the first variable's, unless named) edited: ``edit(BundleEntryProto)`` or its bytes replaced."""
+        def apply(entries: list, key: bytes | None = None) -> list:
+            key = key or next(k for k, _ in entries if k.endswith(b"VARIABLE_VALUE"))
             out = []
             for k, v in entries:
                 if k == key:
@@ -206,6 +207,10 @@ def make_tf_entries() -> None:
         "tf_slice_twice": edit_entry(lambda e: (dims(e, [8]), slices(e, (0, 8), (0, 8)))),
         "tf_dtype_invalid": edit_entry(lambda e: setattr(e, "dtype", -1)),
         "tf_huge_shape": edit_entry(lambda e: dims(e, [1 << 40, 1 << 40])),
+        "tf_string_huge_shape": lambda entries: edit_entry(lambda e: dims(e, [2**31 - 1, 2**31 - 1]))(
+            entries, b"_CHECKPOINTABLE_OBJECT_GRAPH"),
+        "tf_shape_overflow": lambda entries: edit_entry(lambda e: dims(e, [2**31, 2**63 - 1, 146]))(
+            entries, b"_CHECKPOINTABLE_OBJECT_GRAPH"),
         "tf_duplicate_key": lambda entries: entries + [entries[-1]],
     }
     for name, edit in cases.items():
@@ -217,7 +222,6 @@ def make_tf_entries() -> None:
 
 def make_onnx() -> None:
     import onnx
-    from onnx import numpy_helper
     import numpy as np
 
     raw = (FIX / "onnx" / "dense.onnx").read_bytes()
@@ -241,6 +245,7 @@ def make_onnx() -> None:
     os.symlink("/etc/passwd", OUT / "onnx_ext_symlink" / "weights.bin")
     external("onnx_ext_past_end", "weights.bin", offset=0, length=1 << 30)
     external("onnx_ext_offset_not_number", "weights.bin", offset="")   # found by tests/fuzz: ValueError
+    external("onnx_ext_location_nul", "\0")   # found by tests/fuzz: ValueError (embedded null byte)
     (OUT / "onnx_ext_offset_not_number" / "weights.bin").write_bytes(b"\0" * 64)
     (OUT / "onnx_ext_past_end" / "weights.bin").write_bytes(b"\0" * 64)
     m = onnx.ModelProto()
@@ -287,6 +292,28 @@ def make_maps() -> None:
         (OUT / name).write_text(text)
 
 
+# HDF5 files that libhdf5 itself crashes on, loops in, or allocates gigabytes for (found by tests/fuzz):
+# surgery reads an HDF5 file's structure in a limited child process first (surgery/sandbox.py).
+# Byte edits of the fixtures: (fixture, [(offset, new bytes)]).
+LIBHDF5 = {
+    "h5_segfault.h5": ("vgg_legacy_weights.h5", [(6804, b"\xef"), (13152, b"\xe2"), (857, b"\x88")]),
+    "h5_hang.weights.h5": ("vgg.weights.h5", [(2263, b"\0" * 18)]),
+    "h5_grows_2gb.h5": ("vgg.h5", [(151, b"\x80"), (1915, b"\xa9")]),
+    "h5_grows_1gb.h5": ("vgg.h5", [(1963, b"\x7f" * 36)]),
+    "h5_grows_500mb.h5": ("vgg_legacy_weights.h5", [(59, b"H"), (764, b"a"), (97, b"\xe4"), (1051, b"B"),
+                                                     (214, b"\xfb")]),
+    "h5_grows_4gb.h5": ("vgg.h5", [(1034, b"\xff" * 36)]),
+}
+
+
+def make_libhdf5() -> None:
+    for name, (fixture, edits) in LIBHDF5.items():
+        data = bytearray((FIX / "keras" / fixture).read_bytes())
+        for offset, new in edits:
+            data[offset:offset + len(new)] = new
+        (OUT / name).write_bytes(bytes(data))
+
+
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
@@ -296,6 +323,7 @@ def main() -> None:
     make_keras()
     make_onnx()
     make_tf()
+    make_libhdf5()
     print(f"{sum(1 for _ in OUT.iterdir())} corpus entries in {OUT}", file=sys.stderr)
 
 

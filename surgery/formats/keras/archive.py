@@ -14,6 +14,7 @@ This module also holds the config walking that legacy ``.h5`` files
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -74,12 +75,69 @@ def _weights_in_zip(path: str) -> Iterator[Any]:
 
     try:
         with zipfile.ZipFile(path) as z:
+            info = z.getinfo(_WEIGHTS)
             with z.open(_WEIGHTS) as member:
-                h5.check_size(member.read(4096), z.getinfo(_WEIGHTS).file_size, f"{path}:{_WEIGHTS}")
-            with z.open(_WEIGHTS) as member, h5py.File(member, "r") as f:
+                h5.check_size(member.read(4096), info.file_size, f"{path}:{_WEIGHTS}")
+            with _open_member(z, info, path) as member, h5py.File(member, "r") as f:
                 yield f
     except (zipfile.BadZipFile, OSError, KeyError, ValueError, EOFError) as e:  # a damaged member or HDF5
         raise fail(path, f"damaged archive: {e}") from None
+
+
+def _open_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> Any:
+    """A seekable view of a member: its bytes in the archive itself when stored, as Keras stores them.
+
+    libhdf5 reads a file in small pieces here and there. A zip member object seeks backwards by
+    decompressing from its start again (even when stored, before Python 3.12): reading the
+    structure of a 270 MB EfficientNet-B7 took 89 s of CPU that way, and 0.8 s from the bytes.
+    """
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:   # deflated or encrypted
+        return z.open(info)
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"no local header for {info.filename}")
+    start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+    if start + info.file_size > os.path.getsize(path):
+        raise zipfile.BadZipFile(f"{info.filename} runs past the end of the archive")
+    return _Window(path, start, info.file_size)
+
+
+class _Window(io.RawIOBase):
+    """Read-only file object over ``size`` bytes of a file from ``start``."""
+
+    def __init__(self, path: str, start: int, size: int) -> None:
+        super().__init__()
+        self._file = open(path, "rb")
+        self._start, self._size, self._pos = start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), max(0, self._size - self._pos))
+        if want == 0:
+            return 0
+        self._file.seek(self._start + self._pos)
+        got = self._file.readinto(memoryview(buffer)[:want])
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def read(path: str, **options: Any) -> LayerGraph:

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ... import dtypes
+from ... import dtypes, sandbox
 from . import layers as keras_layers
 from . import native as keras_native
 from .. import template_of
@@ -122,19 +122,9 @@ def read(path: str, *, config: dict | None = None, opener: Callable[[], Any] | N
     """
 
     opener = opener or opener_for(path)
-    try:
-        with opener() as f:
-            layout = _layout(f, path)
-            model_config = config or _model_config(f, path)
-            specs = keras_config.layer_specs(model_config) if model_config else []
-            entries = _keras3_entries(f, specs) if layout == "keras3" else _legacy_entries(f, layout, specs)
-            layers = [_to_layer(f, e, path, opener) for e in entries]
-            left_out: dict[str, str] = {}
-            _left_out(f, entries, left_out)
-    except SurgeryError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # h5py: RuntimeError for damaged structure
-        raise fail(path, f"not a readable Keras HDF5 file ({type(e).__name__}: {e})") from None
+    sandbox.vetted(path, lambda: _structure(path, config, opener, walk_chunks=True), library="libhdf5",
+                   cpu_seconds=sandbox.cpu_budget(os.path.getsize(path)))
+    layout, model_config, entries, layers, left_out = _structure(path, config, opener)
     graph = LayerGraph(layers, path=path, format="h5",
                        meta={"h5": {"layout": layout, "entries": {e.name: e for e in entries}}})
     graph.left_out.update(left_out)
@@ -145,6 +135,38 @@ def read(path: str, *, config: dict | None = None, opener: Callable[[], Any] | N
     else:
         graph.notes.append("no model config: variable names inferred from each layer's class and count")
     return graph
+
+
+def _structure(path: str, config: dict | None, opener: Callable[[], Any], *, walk_chunks: bool = False) -> tuple:
+    """Everything ``read`` asks of libhdf5: the layout, the config, the layers and what is left out.
+
+    ``walk_chunks`` also reads where each chunk of a chunked dataset is, as reading its data will:
+    the sandboxed pass does it, so that a damaged chunk index fails there.
+    """
+    try:
+        with opener() as f:
+            layout = _layout(f, path)
+            model_config = config or _model_config(f, path)
+            specs = keras_config.layer_specs(model_config) if model_config else []
+            entries = _keras3_entries(f, specs) if layout == "keras3" else _legacy_entries(f, layout, specs)
+            layers = [_to_layer(f, e, path, opener) for e in entries]
+            left_out: dict[str, str] = {}
+            _left_out(f, entries, left_out)
+            if walk_chunks:
+                for entry in entries:
+                    for ds_path in entry.datasets.values():
+                        _walk_chunks(f[ds_path])
+    except SurgeryError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # h5py: RuntimeError for damaged structure
+        raise fail(path, f"not a readable Keras HDF5 file ({type(e).__name__}: {e})") from None
+    return layout, model_config, entries, layers, left_out
+
+
+def _walk_chunks(ds: Any) -> None:
+    if ds.chunks:
+        for i in range(ds.id.get_num_chunks()):
+            ds.id.get_chunk_info(i)
 
 
 def _layout(f: Any, path: str) -> str:

@@ -90,7 +90,7 @@ class Source:
         return int(value)
 
     def _resolve(self, name: str, location: str) -> str:
-        if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
+        if not location or "\0" in location or os.path.isabs(location) or location.startswith(("/", "\\")):
             raise fail(self.path, f"initializer {name!r}: external data location {location!r} is not a relative path")
         file = os.path.realpath(os.path.join(self.folder, location))
         if os.path.commonpath([file, os.path.realpath(self.folder)]) != os.path.realpath(self.folder):

@@ -138,6 +138,8 @@ def _check_entry(key: str, entry: Any, sizes: list[int], shown: str) -> None:
     dims = [d.size for d in entry.shape.dim]
     if entry.shape.unknown_rank or any(d < 0 for d in dims):
         raise fail(shown, f"tensor {key!r}: shape {dims} is not a list of non-negative sizes")
+    if math.prod(dims) >= 2**63:   # TensorFlow CHECKs that the element count fits an int64
+        raise fail(shown, f"tensor {key!r}: shape {dims} has more elements than an int64 can count")
     if not 0 <= entry.shard_id < len(sizes):
         raise fail(shown, f"tensor {key!r}: shard {entry.shard_id} of a checkpoint with {len(sizes)}")
     if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > sizes[entry.shard_id]:
@@ -146,12 +148,23 @@ def _check_entry(key: str, entry: Any, sizes: list[int], shown: str) -> None:
     slices = [_check_slice(key, piece, dims, shown) for piece in entry.slices]
     if len(set(slices)) != len(slices):   # TensorFlow CHECKs that each slice is new
         raise fail(shown, f"tensor {key!r}: the same slice is listed twice")
-    row = dtypes.BY_NAME.get(dtype.name)
-    if row is not None and not entry.slices:   # a numeric tensor stored whole: its bytes are its shape's
-        needed = math.prod(dims) * row.numpy.itemsize
-        if needed != entry.size:
-            raise fail(shown, f"tensor {key!r}: shape {dims} of {dtype.name} needs {needed} bytes, "
-                              f"the index gives it {entry.size}")
+    if not entry.slices:   # a tensor stored whole (a partitioned one's entry holds no bytes)
+        _check_size(key, dtype.name, dims, entry.size, shown)
+
+
+def _check_size(key: str, dtype: str, dims: list[int], size: int, shown: str) -> None:
+    """A numeric tensor's bytes are its shape's; a string's take at least a byte (its length) per element.
+
+    TensorFlow allocates the tensor from its shape before reading a byte.
+    """
+    row = dtypes.BY_NAME.get(dtype)
+    count = math.prod(dims)
+    if row is not None and count * row.numpy.itemsize != size:
+        raise fail(shown, f"tensor {key!r}: shape {dims} of {dtype} needs {count * row.numpy.itemsize} bytes, "
+                          f"the index gives it {size}")
+    if row is None and count > size:
+        raise fail(shown, f"tensor {key!r}: shape {dims} of {dtype} needs at least {count} bytes (one per "
+                          f"element), the index gives it {size}")
 
 
 def _check_slice(key: str, piece: Any, dims: list[int], shown: str) -> tuple:
