@@ -149,7 +149,7 @@ def convert_plan(src: Any, out: "str | os.PathLike", *, max_shard_size: int | No
     graph = load(src, unsafe_pickle=unsafe_pickle)
     if graph.path:
         refuse_overwrite(graph.path, out)
-    return plan_write(graph, out, max_shard_size=max_shard_size, conversion=True)
+    return plan_write(graph, out, max_shard_size=max_shard_size)
 
 
 def verify_transplant(result: Transplant, *, factory: str | None = None, input_shape: Any = None,

@@ -13,16 +13,16 @@ import json
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from . import dtypes, formats, settings
 from ._version import __version__
-from .errors import SurgeryError
-from .graph import Layer, LayerGraph
+from .errors import SurgeryError, fail
+from .graph import Layer, LayerGraph, Param
 from .formats.footprint import refuse_overwrite
-from .io import atomic_path, full_disk_is_an_error, progress, sha256_file
+from .io import atomic_path, full_disk_is_an_error, progress
 from .stream import streamed
 from .pairing import make_plan
 from .plans import Plan, StrictError
@@ -118,12 +118,13 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
          quiet: bool = True, source: str | None = None, tensor_hashes: bool = False) -> list[str]:
     """Write a graph (or a transplant's output) atomically; returns the files written.
 
-    A conversion (a graph, not a transplant) copies tensors whose bytes pass unchanged
-    file to file where the writer stores raw bytes (safetensors). A transplant also
-    gets ``PATH.surgery.json``: the source's sha256, the map,
-    the pairs, the frozen layers, NaN/Inf counts of the copied tensors and, with
-    ``tensor_hashes``, the sha256 of each copied tensor. The source is hashed on a
-    second thread while the output is written.
+    Tensors whose bytes pass unchanged are copied file to file where the writer stores
+    raw bytes (safetensors). A transplant also gets ``PATH.surgery.json``: the source's
+    sha256, the map, the pairs, the frozen layers, NaN/Inf counts of the copied tensors
+    and, with ``tensor_hashes``, the sha256 of each copied tensor. The source is read
+    once more on a second thread while the output is written: it is hashed, and the
+    copied tensors that never pass through this process are counted and hashed from
+    the same bytes.
     """
     path = os.fspath(path)
     result = obj if isinstance(obj, Transplant) else None
@@ -133,7 +134,9 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
         refuse_overwrite(origin, path, max_shard_size=max_shard_size, like=graph.format, template=template)
     name = formats.for_output(path, like=graph.format)
     copied = set(result.plan.copies()) if result else set()
-    src_hash = _hash_in_background(result.plan.src.path if result else None)
+    copies = getattr(formats.module(name), "COPIES_SPANS", False)
+    spanned = {k: p for k, p in graph.tensors() if k in copied and p.span is not None} if copies else {}
+    examined = _in_background(examine, result.plan.src.path if result else None, spanned, tensor_hashes)
     bar = progress(graph.nbytes, desc=f"writing {os.path.basename(path)}", quiet=quiet)
 
     def on_read(key: str, arr: np.ndarray) -> None:
@@ -144,9 +147,6 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
                 stats["sha256"] = hashlib.sha256(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)).hexdigest()
             result.stats[key] = stats
 
-    # A conversion checks nothing per tensor: bytes that pass unchanged are copied file to file,
-    # where the writer stores raw bytes.
-    copies = result is None and getattr(formats.module(name), "COPIES_SPANS", False)
     on_copy = (lambda key, nbytes: bar.update(nbytes)) if copies else None
     watched, ahead = streamed(graph, on_read, on_copy)
     try:
@@ -156,7 +156,9 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
         ahead.close()
     if result is not None:
         result.output = path
-        result.source_sha256 = src_hash.result()
+        result.source_sha256, stats = examined.result()
+        stats.update(result.stats)
+        result.stats = {k: stats[k] for k, _ in graph.tensors() if k in stats}   # in the destination's order
         with full_disk_is_an_error(f"{path}.surgery.json"):
             written.append(write_record(result, path))
     return written
@@ -174,16 +176,96 @@ def _write(graph: LayerGraph, path: str, name: str, max_shard_size: int | None) 
     return [path]
 
 
-def _hash_in_background(path: str | None) -> Future:
-    """The sha256 of a source file, computed on its own thread (hashlib releases the GIL)."""
-    if not path or not os.path.exists(path):
-        done: Future = Future()
-        done.set_result(None)
-        return done
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surgery-hash")
-    future = pool.submit(sha256_file, path)
+def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` on a thread of its own (hashlib and file reads release the GIL)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surgery-source")
+    future = pool.submit(fn, *args)
     pool.shutdown(wait=False)
     return future
+
+
+def examine(path: str | None, spanned: dict[str, Param], tensor_hashes: bool) -> tuple[str | None, dict[str, dict]]:
+    """The sha256 of the source ``path`` (a file, or a folder's files in sorted order), and the
+    stats of each tensor in ``spanned`` (NaN/Inf count, its sha256 with ``tensor_hashes``) from its bytes.
+
+    The source is read once, front to back: a span inside it is examined from the same bytes
+    that are hashed; a span elsewhere (a shard of an index) is read on its own afterwards.
+    """
+    watched: dict[str, dict[tuple[int, int, str], list[str]]] = {}
+    for key, param in spanned.items():
+        span = param.span
+        watched.setdefault(os.path.realpath(span.path), {}).setdefault((span.offset, span.nbytes, param.dtype), []).append(key)
+    files = []
+    if path and os.path.isdir(path):
+        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+    elif path and os.path.exists(path):
+        files = [path]
+    digest = hashlib.sha256()
+    stats: dict[str, dict] = {}
+    for p in files:
+        _scan(p, watched.pop(os.path.realpath(p), {}), digest, stats, tensor_hashes)
+    for p, spans in watched.items():
+        _scan(p, spans, None, stats, tensor_hashes)
+    return (digest.hexdigest() if files else None), stats
+
+
+_BLOCK = 8 << 20
+
+
+def _scan(path: str, spans: dict[tuple[int, int, str], list[str]], digest: Any, stats: dict[str, dict],
+          tensor_hashes: bool) -> None:
+    """Read ``path`` (all of it into ``digest``, or only its spans when ``digest`` is None), examining each span."""
+    buf = memoryview(bytearray(_BLOCK))
+    with open(path, "rb") as f:
+        pos = 0
+        overlapping = []
+        for span in sorted(spans):
+            offset, nbytes, dtype = span
+            if offset < pos or digest is None:
+                overlapping.append(span)
+                continue
+            _pour(f, path, offset - pos, buf, digest)
+            _examine_span(f, path, span, spans[span], buf, digest, stats, tensor_hashes)
+            pos = offset + nbytes
+        if digest is not None:
+            _pour(f, path, None, buf, digest)
+        for span in overlapping:   # a span that shares bytes with another: read again, not hashed twice
+            f.seek(span[0])
+            _examine_span(f, path, span, spans[span], buf, None, stats, tensor_hashes)
+
+
+def _pour(f: Any, path: str, nbytes: int | None, buf: memoryview, digest: Any) -> None:
+    """Feed the next ``nbytes`` (or the rest of the file) into ``digest``."""
+    while nbytes is None or nbytes > 0:
+        n = f.readinto(buf[:_BLOCK if nbytes is None else min(_BLOCK, nbytes)])
+        if not n:
+            if nbytes is None:
+                return
+            raise fail(path, f"file ended {nbytes} bytes before a tensor began (truncated?)")
+        digest.update(buf[:n])
+        if nbytes is not None:
+            nbytes -= n
+
+
+def _examine_span(f: Any, path: str, span: tuple[int, int, str], keys: list[str], buf: memoryview, digest: Any,
+                  stats: dict[str, dict], tensor_hashes: bool) -> None:
+    _, nbytes, dtype = span
+    np_dtype = dtypes.get(dtype).numpy
+    block = _BLOCK - _BLOCK % np_dtype.itemsize
+    own = hashlib.sha256() if tensor_hashes else None
+    bad = 0
+    while nbytes > 0:
+        n = f.readinto(buf[:min(block, nbytes)])
+        if not n or n % np_dtype.itemsize:
+            raise fail(path, f"file ended {nbytes} bytes before the tensor {keys[0]} did (truncated?)")
+        part = buf[:n]
+        for h in (digest, own):
+            if h is not None:
+                h.update(part)
+        bad += sum(dtypes.nonfinite(np.frombuffer(part, dtype=np_dtype)))
+        nbytes -= n
+    for key in keys:
+        stats[key] = {"nonfinite": bad, **({"sha256": own.hexdigest()} if own is not None else {})}
 
 
 def write_record(result: Transplant, path: str) -> str:

@@ -60,14 +60,12 @@ class WritePlan:
 
 
 def plan_write(graph: LayerGraph, path: str | os.PathLike, *, max_shard_size: int | None = None,
-               sources: Iterable[LayerGraph] = (), conversion: bool = False) -> WritePlan:
+               sources: Iterable[LayerGraph] = ()) -> WritePlan:
     """Predict writing ``graph`` to ``path`` without reading a tensor or writing a byte.
 
     Args:
         sources: the graphs the tensors are read from (a transplant's source and destination),
             for what their readers hold beside a tensor; ``graph`` itself when omitted.
-        conversion: a ``convert`` (no per-tensor checks), whose unchanged bytes a raw writer
-            copies file to file (``apply.save``): those take no memory.
 
     Raises:
         FormatError: the output cannot be written (unknown format, a write that would be refused).
@@ -82,7 +80,7 @@ def plan_write(graph: LayerGraph, path: str | os.PathLike, *, max_shard_size: in
         files = [PlannedFile(*f) for f in module.planned_files(graph, path, max_shard_size=max_shard_size if sharded else None)]
     else:
         files = [PlannedFile(path, graph.nbytes, sum(1 for _ in graph.tensors()), exact=False)]
-    copied = conversion and getattr(module, "COPIES_SPANS", False)
+    copied = getattr(module, "COPIES_SPANS", False)   # unchanged bytes go file to file (``apply.save``): no memory
     peak, largest, terms = _memory(graph, name, module, [*sources, graph], copied)
     return WritePlan(path, name + (" (sharded)" if sharded else ""), files, graph.nbytes, largest, peak, terms)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
-import hashlib
 import os
 import shutil
 import sys
@@ -176,21 +175,6 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.realpath(a) == os.path.realpath(b)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """The sha256 of a file, or of every file in a folder in sorted order."""
-    digest = hashlib.sha256()
-    paths = [os.fspath(path)]
-    if os.path.isdir(path):
-        paths = sorted(
-            os.path.join(root, f) for root, _, files in os.walk(path) for f in files
-        )
-    for p in paths:
-        with open(p, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def progress(total: int, *, desc: str, unit: str = "B", quiet: bool = False):
