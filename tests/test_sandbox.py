@@ -68,5 +68,5 @@ def test_a_stray_exception_is_named():
 
 
 def test_the_budget_grows_with_the_file():
-    assert sandbox.cpu_budget(10_000) == 2
-    assert sandbox.cpu_budget(270_000_000) == 7
+    assert sandbox.cpu_budget(10_000) == 1
+    assert sandbox.cpu_budget(270_000_000) == 6
