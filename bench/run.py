@@ -56,7 +56,7 @@ WARM_CODE = [sys.executable, "-c", "import numpy, torch, safetensors.torch, surg
              "torch.distributed.checkpoint.format_utils"]
 DROP_CACHES = "/proc/sys/vm/drop_caches"
 # The issue's targets for safetensors -> safetensors.
-TARGET_RATIO = 1.5
+TARGET_RATIO = 1.2   # issue 12: at most 1.2x `cp` of the same bytes (issue 3 asked 1.5x)
 TARGET_RSS_OVER_LARGEST_MIB = 300
 
 
@@ -294,7 +294,7 @@ def report(results: list[Result], largest_mib: float, total_gb: float, count: in
     st = results[1]
     budget = largest_mib + TARGET_RSS_OVER_LARGEST_MIB
     verdict = lambda ok: "PASS" if ok else "MISS"  # noqa: E731
-    print("\ntargets for surgery safetensors->safetensors (issue 3):")
+    print("\ntargets for surgery safetensors->safetensors (issue 12):")
     print(f"  time <= {TARGET_RATIO}x cp:            {verdict(st.seconds <= TARGET_RATIO * cp.seconds)}  "
           f"({st.seconds / cp.seconds:.2f}x; {st.synced / cp.synced:.2f}x counting each until on disk: "
           f"{verdict(st.synced <= TARGET_RATIO * cp.synced)})")
