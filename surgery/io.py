@@ -89,6 +89,94 @@ def folder_lock(folder: str) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_folder(target: str) -> Iterator[str]:
+    """Yield a temporary folder beside ``target``; on success put it at ``target`` in one step.
+
+    The caller fills the folder (and fsyncs its files). On normal exit it takes the target's place:
+    where the kernel can swap two paths (Linux ``renameat2`` with ``RENAME_EXCHANGE``) the new folder
+    and the old one trade places in one step, so the target is never missing; elsewhere the old one
+    is renamed aside first (``.NAME.old.XXXXXXXX/previous``), and a kill between the two renames is
+    repaired by the next write of the same target (``recover_folder``). The old folder is removed
+    last. On an exception the temporary folder is removed.
+    """
+    parent, name = os.path.split(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    recover_folder(parent, name)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=parent)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        hold(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)   # mkdtemp's 0700 is for the temporary name, not the output
+        yield tmp
+        fsync_path(tmp)
+        _put_folder(tmp, os.path.join(parent, name), parent, name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _put_folder(tmp: str, target: str, parent: str, name: str) -> None:
+    if not os.path.lexists(target):
+        os.replace(tmp, target)
+    elif exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)   # the old folder, now here; a kill before this leaves it to the next sweep
+    else:
+        old = tempfile.mkdtemp(prefix=f".{name}.old.", dir=parent)
+        fd = os.open(old, os.O_RDONLY)
+        try:
+            hold(fd)   # a live writer's: not to be restored by another's recover_folder
+            os.replace(target, os.path.join(old, "previous"))
+            os.replace(tmp, target)
+        finally:
+            os.close(fd)
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_path(parent)
+
+
+def recover_folder(parent: str, name: str) -> None:
+    """Undo what a killed folder write left: the old folder put back if the new one never arrived, the rest removed."""
+    target = os.path.join(parent, name)
+    if not os.path.isdir(parent):
+        return
+    with folder_lock(parent):
+        for old in sorted(glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.old.????????"))):
+            previous = os.path.join(old, "previous")
+            if _abandoned(old) and os.path.isdir(previous) and not os.path.lexists(target):
+                os.replace(previous, target)
+                fsync_path(parent)
+                with contextlib.suppress(OSError):
+                    os.rmdir(old)
+        sweep_stale(parent, f".{glob.escape(name)}.old.????????")
+        sweep_stale(parent, f".{glob.escape(name)}.????????")
+
+
+def exchange(a: str, b: str) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False, having changed nothing, where the system or the file system cannot.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):   # a C library without it (glibc < 2.28, musl)
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):   # an old kernel, a file system that cannot
+        return False
+    raise OSError(code, os.strerror(code), b)
+
+
 def sweep_stale(folder: str, pattern: str) -> list[str]:
     """Remove the temporary files and folders matching ``pattern`` in ``folder`` that no live writer holds.
 

@@ -1,4 +1,5 @@
 import os
+import pathlib
 
 import pytest
 
@@ -147,3 +148,63 @@ def test_copy_span_of_a_truncated_file_names_it(tmp_path):
 
     with pytest.raises(FormatError, match=r"src\.bin: file ended 100 bytes before a tensor did"):
         _span_copy(tmp_path, b"x" * 1000, (500, 600))
+
+
+def _folder(path, content: bytes) -> None:
+    path.mkdir()
+    (path / "data").write_bytes(content)
+
+
+def test_atomic_folder_swaps_the_new_folder_in_and_sweeps_what_kills_left(tmp_path):
+    from surgery.io import atomic_folder
+
+    target = tmp_path / "ckpt"
+    _folder(target, b"old")
+    _folder(tmp_path / ".ckpt.abcd1234", b"a killed write's half")   # unlocked: a kill left it
+    with atomic_folder(str(target)) as tmp:
+        assert not (tmp_path / ".ckpt.abcd1234").exists()
+        (pathlib.Path(tmp) / "data").write_bytes(b"new")
+        assert (target / "data").read_bytes() == b"old"
+    assert (target / "data").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_a_live_folder_writers_temporary_folder_is_not_swept(tmp_path):
+    from surgery.io import atomic_folder, recover_folder
+
+    with atomic_folder(str(tmp_path / "ckpt")) as tmp:
+        (pathlib.Path(tmp) / "data").write_bytes(b"being written")
+        recover_folder(str(tmp_path), "ckpt")   # another writer of the same target starting
+        assert (pathlib.Path(tmp) / "data").exists()
+    assert (tmp_path / "ckpt" / "data").read_bytes() == b"being written"
+
+
+def test_an_old_folder_a_kill_left_aside_is_put_back_by_the_next_write(tmp_path):
+    """Without RENAME_EXCHANGE a kill between the two renames leaves no folder at the target."""
+    from surgery.io import atomic_folder
+
+    (tmp_path / ".ckpt.old.abcd1234").mkdir()
+    _folder(tmp_path / ".ckpt.old.abcd1234" / "previous", b"old")
+    seen = []
+    with pytest.raises(RuntimeError):
+        with atomic_folder(str(tmp_path / "ckpt")):
+            seen.append((tmp_path / "ckpt" / "data").read_bytes())
+            raise RuntimeError("the write failed")
+    assert seen == [b"old"] and (tmp_path / "ckpt" / "data").read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_exchange_swaps_two_folders_or_says_it_cannot(tmp_path, monkeypatch):
+    from surgery import io as surgery_io
+
+    _folder(tmp_path / "a", b"A")
+    _folder(tmp_path / "b", b"B")
+    if surgery_io.exchange(str(tmp_path / "a"), str(tmp_path / "b")):
+        assert (tmp_path / "a" / "data").read_bytes() == b"B" and (tmp_path / "b" / "data").read_bytes() == b"A"
+        with pytest.raises(FileNotFoundError):   # an error other than "cannot" is raised, not taken for "cannot"
+            surgery_io.exchange(str(tmp_path / "a"), str(tmp_path / "missing"))
+    else:
+        assert (tmp_path / "a" / "data").read_bytes() == b"A"
+    monkeypatch.setattr(surgery_io.sys, "platform", "win32")
+    assert surgery_io.exchange(str(tmp_path / "a"), str(tmp_path / "b")) is False
+    assert (tmp_path / "a" / "data").exists()

@@ -26,11 +26,14 @@ class Died(BaseException):
     """The writer stopped here, as under ``kill -9``."""
 
 
-def _dying(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
-    """Let ``steps`` renames and removals happen, then die at the next one."""
+def _dying(monkeypatch: pytest.MonkeyPatch, steps: int, also: dict | None = None) -> None:
+    """Let ``steps`` renames and removals happen, then die at the next one.
+
+    ``also``: more functions that count as steps, by name, with the module that holds each.
+    """
     done = [0]
-    for name in ("replace", "unlink"):
-        real = getattr(os, name)
+    for name, module in {"replace": os, "unlink": os, **(also or {})}.items():
+        real = getattr(module, name)
 
         def step(*args, _real=real, **kwargs):
             if done[0] == steps:
@@ -38,7 +41,7 @@ def _dying(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
             done[0] += 1
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(os, name, step)
+        monkeypatch.setattr(module, name, step)
 
 
 def _every_death(write: Callable[[], None], out: pathlib.Path, read: Callable[[], object], old: object,
@@ -111,3 +114,80 @@ def test_a_shard_set_commit_dies_at_every_step(tmp_path, monkeypatch):
     steps = _every_death(lambda: surgery.save(changed, out, max_shard_size=20_000), out, read, old, new, monkeypatch)
     assert steps >= 3, f"only {steps} steps: shards, then the index, then the old shards' removal"
     assert read() == new
+
+
+def _dcp_state(folder: pathlib.Path) -> object:
+    """The tensors of a DCP folder as torch's own loader reads them, or why it cannot."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        meta = dcp.FileSystemReader(str(folder)).read_metadata()
+        state = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype)
+                 for k, m in meta.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
+        dcp.load(state, checkpoint_id=str(folder), no_dist=True)
+        return _digests((k, v.numpy()) for k, v in state.items())
+    except Exception as e:  # noqa: BLE001 - a missing or broken folder is the failure being looked for
+        return f"unreadable: {type(e).__name__}: {e}"
+
+
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
+def test_a_dcp_folder_commit_dies_at_every_step(tmp_path, monkeypatch, swap):
+    """With ``renameat2(RENAME_EXCHANGE)`` every death leaves the old folder or the new one at the target.
+
+    Without it (other systems, file systems that cannot), a death between the two renames leaves no
+    folder at the target and the old one whole beside it, which the next write puts back first.
+    """
+    import warnings
+
+    from surgery import io as surgery_io
+
+    out = tmp_path / "out" / "ckpt"
+    out.parent.mkdir()
+    graph = surgery.load(TORCH / "cnn_source.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        surgery.save(graph, f"{out}/")
+        changed = perturbed(graph)
+        old = _dcp_state(out)
+        surgery.save(changed, f"{tmp_path / 'reference'}/")
+        new = _dcp_state(tmp_path / "reference")
+    assert isinstance(old, dict) and isinstance(new, dict) and old != new
+    if swap == "two renames":
+        monkeypatch.setattr(surgery_io, "exchange", lambda a, b: False)
+    elif not surgery_io.exchange(str(tmp_path / "reference"), str(out)) or not surgery_io.exchange(
+            str(tmp_path / "reference"), str(out)):
+        pytest.skip("this file system cannot swap two folders (renameat2 RENAME_EXCHANGE)")
+    real_exchange = surgery_io.exchange
+
+    def read() -> object:
+        state = _dcp_state(out)
+        if swap == "two renames" and not out.exists():
+            surgery_io.recover_folder(str(out.parent), out.name)   # what the next write does first
+            state = _dcp_state(out)
+        return state
+
+    def write() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            surgery.save(changed, f"{out}/")
+
+    snapshot = tmp_path / "old"
+    shutil.copytree(out.parent, snapshot)
+    deaths = 0
+    for steps in range(100):
+        with monkeypatch.context() as patch:
+            _dying(patch, steps, also={"rename": os, "exchange": surgery_io} if swap == "exchange" else {"rename": os})
+            if swap == "exchange":
+                assert surgery_io.exchange is not real_exchange
+            try:
+                write()
+                break
+            except Died:
+                deaths += 1
+        assert read() in (old, new), f"killed before step {steps + 1}: the output is neither old nor new"
+        shutil.rmtree(out.parent)
+        shutil.copytree(snapshot, out.parent)
+    assert deaths >= 2 and read() == new
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt"], "a temporary or old folder was left"

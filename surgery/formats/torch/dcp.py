@@ -32,6 +32,7 @@ import numpy as np
 
 from ...errors import fail, first_line
 from ...graph import LayerGraph, Param
+from ...io import atomic_folder, recover_folder
 from ...kinds import graph_of_params
 from .common import dtype_name, to_numpy
 
@@ -243,7 +244,8 @@ def planned_files(graph: LayerGraph, path: str, **_: Any) -> list[tuple[str, int
     Raises:
         FormatError: the write would be refused (``check_fits``).
     """
-    target = path.rstrip("/\\")
+    target = os.path.abspath(path.rstrip("/\\"))
+    recover_folder(*os.path.split(target))   # a killed write's old folder put back first: it may be the template
     template = template_for(graph, target)
     if template is not None:
         check_fits(template, graph, target)
@@ -271,31 +273,13 @@ def write(graph: LayerGraph, path: str, **_: Any) -> None:
     Raises:
         FormatError: the trainer checkpoint's state does not fit these weights (``check_fits``).
     """
-    import shutil
-    import tempfile
-
-    target = path.rstrip("/\\")
+    target = os.path.abspath(path.rstrip("/\\"))
+    recover_folder(*os.path.split(target))   # a killed write's old folder put back first: it may be the template
     template = template_for(graph, target)
     if template is not None:
         check_fits(template, graph, target)
-    parent = os.path.dirname(os.path.abspath(target))
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)   # mkdtemp's 0700 is for the temporary name, not the checkpoint
-    try:
+    with atomic_folder(target) as tmp:
         _write_into(graph, tmp, template)
-        old = None
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old.", dir=parent)
-            os.rename(target, os.path.join(old, "previous"))
-        os.rename(tmp, target)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
 
 
 def _write_into(graph: LayerGraph, folder: str, template: Template | None) -> None:
