@@ -122,12 +122,26 @@ def test_a_dcp_output_over_the_source_folder_is_refused(tmp_path):
     _refused(tmp_path, dcp, "convert", dcp, f"{dcp}/")
 
 
-def test_an_onnx_output_writing_the_sources_external_data_is_refused(tmp_path):
-    """The destination's external data file would be copied, patched, over the source's of the same name."""
+def test_an_onnx_output_beside_the_sources_external_data_never_writes_over_it(tmp_path):
+    """The destination's data file, copied and patched, has the name of the source's beside the output.
+
+    It used to be copied over the source's (and so was refused); an output's data files are now
+    named after it (``out.onnx.data``), and never take the name of an existing file.
+    """
     src_folder, dst_folder = tmp_path / "src", tmp_path / "dst"
     for folder in (src_folder, dst_folder):
         folder.mkdir()
         for name in ("cnn_ext.onnx", "cnn_ext.onnx.data"):
             shutil.copy(FIXTURES / "onnx" / name, folder / name)
-    _refused(tmp_path, src_folder / "cnn_ext.onnx.data", "transplant", src_folder / "cnn_ext.onnx",
-             dst_folder / "cnn_ext.onnx", "-o", src_folder / "out.onnx")
+    before = _snapshot(tmp_path)
+    result = surgery("transplant", src_folder / "cnn_ext.onnx", dst_folder / "cnn_ext.onnx", "-o",
+                     src_folder / "out.onnx")
+    assert result.returncode == 0, result.stderr
+    after = _snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before, "a file that was there changed"
+    assert sorted(pathlib.Path(k).name for k in set(after) - set(before)) == [
+        "out.onnx", "out.onnx.data", "out.onnx.surgery.json"]
+    import onnx
+
+    model = onnx.load(str(src_folder / "out.onnx"))   # with its external data, as ONNX itself resolves it
+    onnx.checker.check_model(model)

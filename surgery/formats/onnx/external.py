@@ -117,21 +117,17 @@ class Source:
                                   f"type {tensor.data_type} ({first_line(e)})") from None
 
 
-def atomic_target(path: str) -> str | None:
-    """The target of a ``surgery.io.atomic_path`` temporary file (``.NAME.XXXX.tmp``)."""
-    match = re.match(r"^\.(.+)\.[^.]+\.tmp$", os.path.basename(path))
-    return os.path.join(os.path.dirname(path), match.group(1)) if match else None
-
-
 class ExternalCopies:
     """The template's external data files, copied into the output folder to be patched.
 
-    Each file is copied to a temporary name beside its final one; ``patch``
-    writes a tensor at the template's own offset (sizes are equal, so names and
-    layout stay the same); on success every copy is renamed into place, on an
-    error removed. The template's own data is replaced only when the output
-    replaces the template itself; an output written beside its template gets
-    data files named after it (``out.onnx.data``), and its initializers say so.
+    Each file is copied to a temporary name (``NAME.surgery.tmp``); ``patch`` writes a tensor at the
+    template's own offset (sizes are equal, so the layout stays the same); on success every copy is
+    renamed to its new name, on an error removed. A new name is never that of an existing file: the
+    old model (the template itself, the output being replaced, another model beside it) may be
+    reading it until the new model is renamed over it, which is the commit. An output other than the
+    template gets data files named after it (``out.onnx.data``); a name taken gets the next free
+    generation (``out.onnx.gen2.data``, then the plain name again once it is free), and the
+    initializers say so.
     """
 
     def __init__(self, source: Source, out_folder: str, template: str, final: str) -> None:
@@ -139,15 +135,17 @@ class ExternalCopies:
         self.tmps: dict[str, tuple[str, str]] = {}  # source file -> (temporary copy, final name)
         self.locations: dict[str, str] = {}         # source file -> new location, where it had to be renamed
         root = os.path.realpath(source.folder)
-        for file, _, _ in source.external.values():
+        taken: set[str] = set()
+        for file in sorted({file for file, _, _ in source.external.values()}):
             rel = os.path.relpath(file, root)
-            out = os.path.join(out_folder, rel)
-            if os.path.exists(out) and os.path.samefile(out, file) and not _same(final, template):
-                # Beside its template: the output gets data files of its own, named after it.
+            if not _same(final, template):   # an output's data files are named after it
                 rel = _renamed(rel, os.path.basename(template), os.path.basename(final))
-                self.locations[file] = rel
-                out = os.path.join(out_folder, rel)
-            self.tmps[file] = (f"{out}.surgery.tmp", out)
+            new = free_name(out_folder, rel, taken)
+            taken.add(new)
+            if new != os.path.relpath(file, root):
+                self.locations[file] = new
+            out = os.path.join(out_folder, new)
+            self.tmps[file] = (f"{out}{TMP_SUFFIX}", out)
 
     def relocate(self, tensor: Any) -> None:
         """Point an external initializer at the output's own copy of its data file, if it was renamed."""
@@ -185,6 +183,26 @@ def _renamed(rel: str, template: str, final: str) -> str:
     folder, name = os.path.split(rel)
     name = final + name[len(template):] if name.startswith(template) else f"{final}.{name}"
     return os.path.join(folder, name)
+
+
+TMP_SUFFIX = ".surgery.tmp"
+
+
+def free_name(folder: str, rel: str, taken: set[str] = frozenset()) -> str:
+    """``rel`` if no file has that name in ``folder``, else its first free generation (``x.onnx.gen2.data``)."""
+    stem, ext = generation_stem(rel)
+    candidates = [rel, f"{stem}{ext}", *(f"{stem}.gen{n}{ext}" for n in range(2, 10_000))]
+    for name in candidates:
+        if name not in taken and not os.path.lexists(os.path.join(folder, name)):
+            return name
+    raise fail(folder, f"no free name for external data {rel!r}")
+
+
+def generation_stem(rel: str) -> tuple[str, str]:
+    """``x.onnx.gen2.data`` -> (``x.onnx``, ``.data``): the name without its generation, and its extension."""
+    root, ext = os.path.splitext(rel)
+    match = re.match(r"^(.*)\.gen\d+$", root)
+    return (match.group(1) if match else root), ext
 
 
 def _same(a: str, b: str) -> bool:

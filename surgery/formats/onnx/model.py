@@ -15,6 +15,8 @@ data in ``external``.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import os
 from typing import Any, Iterator
@@ -22,10 +24,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import template_of
-from ...errors import fail
+from ...errors import SurgeryError, fail
+from ...io import atomic_path, folder_lock
 from ...graph import Layer, LayerGraph, Param
 from ...kinds import fold_attention_outputs
-from .external import ExternalCopies, Source, atomic_target, np_dtype, surgery_dtype
+from .external import TMP_SUFFIX, ExternalCopies, Source, generation_stem, np_dtype, surgery_dtype
 from .scan import LayerSpec, all_initializers, scan_model
 from .slots import Slot
 
@@ -69,26 +72,57 @@ def _param(source: Source, slot: Slot, k: int) -> Param:
     )
 
 
-def write(graph: LayerGraph, path: str, *, template: str | None = None, target: str | None = None, **options: Any) -> None:
-    """Write ``graph``'s tensors into a copy of an ONNX template model.
+MULTI_FILE = True   # the model and its external data files: write() commits them itself
+
+
+def write(graph: LayerGraph, path: str, *, template: str | None = None, **options: Any) -> None:
+    """Write ``graph``'s tensors into a copy of an ONNX template model, at ``path``.
+
+    External data stays external: the template's data files are copied beside the output with the
+    new tensors patched in, under names no existing file has (``ExternalCopies``), then the model is
+    renamed into place. That rename is the commit: until then the old model at ``path`` reads its old,
+    untouched data. The data files it named that the new one does not are removed after it, unless
+    another model in the folder names them. ONNX writes in one folder take turns (a lock on it), so
+    whatever a killed write left (a data file no model names, a temporary copy) is removed by the next.
 
     Args:
         graph: canonical tensors, named as ``read(template)`` names them.
-        path: the output file (usually a temporary file beside the target).
+        path: the output file.
         template: the model whose graph is kept; default ``graph.path`` when
             ``graph`` was read from an ONNX file.
-        target: the final output path, when ``path`` is a temporary file.
 
     Raises:
         FormatError: no template, a tensor the template lacks, a shape or dtype
             that differs from the template's initializer.
     """
-    template = template_of(graph, "onnx", template, path, {"target": target, **options}, TEMPLATE)
+    template = template_of(graph, "onnx", template, path, options, TEMPLATE)
+    final = os.path.abspath(path)
+    folder = os.path.dirname(final)
+    os.makedirs(folder, exist_ok=True)
+    with folder_lock(folder):
+        _sweep_data(folder, final)
+        superseded = _data_files(final) if os.path.isfile(final) else set()
+        written: list[str] = []
+        try:
+            with atomic_path(final) as tmp:
+                written = _write_model(graph, tmp, final, template)
+        except BaseException:
+            for file in written:   # renamed to new names, but never named by a model on disk
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(file)
+            raise
+        for file in sorted(superseded - set(written) - _named_by_others(folder, final)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(file)
+
+
+def _write_model(graph: LayerGraph, path: str, final: str, template: str) -> list[str]:
+    """The model into ``path``, its data files to their new names beside ``final``; returns those files."""
     model, specs, source, _, _ = scan_model(template)
     where = _where(graph, template, specs)
     inits = {slot.tensor.name: slot.tensor for slot, _ in where.values()}  # initializers and Constant tensors
-    final = target or atomic_target(path) or path
-    with ExternalCopies(source, os.path.dirname(os.path.abspath(path)), template, final) as copies:
+    copies = ExternalCopies(source, os.path.dirname(final), template, final)
+    with copies:
         for name, native in _natives(graph, template, where, source):  # one initializer at a time
             if name in source.external:
                 copies.patch(name, native)
@@ -98,6 +132,50 @@ def write(graph: LayerGraph, path: str, *, template: str | None = None, target: 
             copies.relocate(tensor)
         with open(path, "wb") as f:
             f.write(model.SerializeToString())
+    return [out for _, out in copies.tmps.values()]
+
+
+def _data_files(model: str) -> set[str] | None:
+    """The external data files a model on disk names (real paths); None when it cannot be read."""
+    try:
+        return {file for file, _, _ in scan_model(model)[2].external.values()}
+    except SurgeryError:
+        return None
+
+
+def _named_by_others(folder: str, final: str) -> set[str]:
+    """Every data file another model in ``folder`` names; if one cannot be read, every file of the folder."""
+    named: set[str] = set()
+    for other in glob.glob(os.path.join(glob.escape(folder), "*.onnx")):
+        if os.path.abspath(other) == final:
+            continue
+        files = _data_files(other)
+        if files is None:   # cannot tell what it names: remove nothing
+            return {os.path.realpath(os.path.join(folder, f)) for f in os.listdir(folder)}
+        named |= files
+    return named
+
+
+def _sweep_data(folder: str, final: str) -> None:
+    """Remove what a killed write of ``final`` left: temporary copies, and its superseded data files.
+
+    A superseded file is a generation sibling (``x.onnx.data``, ``x.onnx.gen2.data``) of a data file
+    the model at ``final`` names that no model in the folder names any more: a kill between the
+    commit and the removal. The caller holds the folder's lock, so no live write is in progress.
+    """
+    for tmp in glob.glob(os.path.join(glob.escape(folder), f"*{TMP_SUFFIX}")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    mine = _data_files(final) if os.path.isfile(final) else None
+    if not mine:
+        return
+    named = mine | _named_by_others(folder, final)
+    stems = {generation_stem(os.path.relpath(f, folder)) for f in mine}
+    for path in glob.glob(os.path.join(glob.escape(folder), "**", "*"), recursive=True):
+        real = os.path.realpath(path)
+        if os.path.isfile(path) and real not in named and generation_stem(os.path.relpath(path, folder)) in stems:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def _where(graph: LayerGraph, template: str, specs: list[LayerSpec]) -> dict[str, tuple[Slot, int]]:

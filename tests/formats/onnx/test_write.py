@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -11,7 +13,6 @@ from fixtures import onnx_fixtures
 from surgery.errors import FormatError
 from surgery.formats.onnx import model as sonnx
 from surgery.graph import Param
-from surgery.io import atomic_path
 
 from tests.conftest import load_canonical, perturbed, run_ort
 
@@ -72,10 +73,9 @@ def test_external_data_stays_external(fx, tmp_path):
     new = perturbed(sonnx.read(str(fx / "onnx" / "cnn_ext.onnx")))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    with atomic_path(out_dir / "model.onnx") as tmp:  # as surgery.save writes it
-        sonnx.write(new, tmp)
+    sonnx.write(new, str(out_dir / "model.onnx"))
     out = out_dir / "model.onnx"
-    assert (out_dir / "cnn_ext.onnx.data").exists()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["model.onnx", "model.onnx.data"]   # named after the output
     model = onnx.load(str(out), load_external_data=False)
     assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     assert out.stat().st_size < 10_000
@@ -84,7 +84,7 @@ def test_external_data_stays_external(fx, tmp_path):
     np.testing.assert_allclose(run_ort(out, {"x": x}), torch_out(onnx_fixtures.cnn(), new, x), rtol=1e-4, atol=1e-5)
 
 
-def test_external_data_of_the_template_is_never_overwritten(fx, tmp_path):
+def test_external_data_of_the_template_is_never_overwritten(fx, tmp_path, monkeypatch):
     """Beside its template, an output gets data files of its own; only replacing the template rewrites its data."""
     for f in ("cnn_ext.onnx", "cnn_ext.onnx.data"):
         shutil.copy(fx / "onnx" / f, tmp_path / f)
@@ -99,11 +99,60 @@ def test_external_data_of_the_template_is_never_overwritten(fx, tmp_path):
     np.testing.assert_allclose(run_ort(tmp_path / "other.onnx", {"x": x}), torch_out(onnx_fixtures.cnn(), new, x),
                                rtol=1e-4, atol=1e-5)
     check(tmp_path / "cnn_ext.onnx")  # the template still loads with its own, untouched data
-    # Replacing the template itself (transplant's default OUT = DST) is allowed.
-    with atomic_path(tmp_path / "cnn_ext.onnx") as tmp:
-        sonnx.write(new, tmp)
+
+    # Replacing the template itself (transplant's default OUT = DST): its data is not written over either.
+    # The new data takes a free name; the model's rename is the commit, and the old data goes after it.
+    seen_at_commit = []
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.path.basename(dst) == "cnn_ext.onnx":
+            seen_at_commit.append((tmp_path / "cnn_ext.onnx.data").read_bytes() == before)
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    sonnx.write(new, str(tmp_path / "cnn_ext.onnx"))
+    assert seen_at_commit == [True], "the old model's data changed before the new model was in place"
     check(tmp_path / "cnn_ext.onnx")
-    assert (tmp_path / "cnn_ext.onnx.data").read_bytes() != before
+    assert not (tmp_path / "cnn_ext.onnx.data").exists(), "the superseded data file was not removed"
+    assert (tmp_path / "cnn_ext.onnx.gen2.data").exists()
+    np.testing.assert_allclose(run_ort(tmp_path / "cnn_ext.onnx", {"x": x}), torch_out(onnx_fixtures.cnn(), new, x),
+                               rtol=1e-4, atol=1e-5)
+    # and once more: the plain name is free again, so the data goes back to it
+    sonnx.write(perturbed(new, seed=3), str(tmp_path / "cnn_ext.onnx"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn_ext.onnx", "cnn_ext.onnx.data", "other.onnx",
+                                                           "other.onnx.data"]
+    check(tmp_path / "cnn_ext.onnx")
+
+
+def test_data_a_killed_write_left_is_removed_by_the_next_one_other_models_data_kept(fx, tmp_path):
+    for f in ("cnn_ext.onnx", "cnn_ext.onnx.data"):
+        shutil.copy(fx / "onnx" / f, tmp_path / f)
+    new = perturbed(sonnx.read(str(tmp_path / "cnn_ext.onnx")))
+    sonnx.write(new, str(tmp_path / "cnn_ext.onnx"))          # its data now in cnn_ext.onnx.gen2.data
+    shutil.copy(fx / "onnx" / "cnn_ext.onnx.data", tmp_path / "cnn_ext.onnx.data")   # a kill after the commit left it
+    (tmp_path / "cnn_ext.onnx.gen3.data.surgery.tmp").write_bytes(b"half a copy")   # and a kill mid-copy this
+    shutil.copy(fx / "onnx" / "cnn_ext.onnx.data", tmp_path / "keep.gen4.data")     # named by another model: kept
+    other = onnx_model_naming(fx / "onnx" / "cnn_ext.onnx", "keep.gen4.data")
+    other_path = tmp_path / "keep.onnx"
+    other_path.write_bytes(other)
+    sonnx.write(perturbed(new, seed=5), str(tmp_path / "cnn_ext.onnx"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn_ext.onnx", "cnn_ext.onnx.data", "keep.gen4.data",
+                                                           "keep.onnx"]
+    check(tmp_path / "cnn_ext.onnx")
+    check(other_path)
+
+
+def onnx_model_naming(model: pathlib.Path, location: str) -> bytes:
+    """The bytes of ``model`` with every external initializer pointing at ``location``."""
+    import onnx
+
+    proto = onnx.load(str(model), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    return proto.SerializeToString()
 
 
 def test_write_refuses_unknown_tensor_and_wrong_shape(fx, tmp_path):
@@ -131,6 +180,5 @@ def test_failed_external_write_leaves_nothing_behind(fx, tmp_path):
     graph["fc"].params["weight"] = Param.from_array(np.zeros((5, 64), np.float64))
     out_dir = tmp_path / "out"
     with pytest.raises(FormatError, match=r"fc.weight: ONNX initializer 'fc.weight' needs float32\[5, 64\], got float64"):
-        with atomic_path(out_dir / "model.onnx") as tmp:
-            sonnx.write(graph, tmp)
+        sonnx.write(graph, str(out_dir / "model.onnx"))
     assert sorted(p.name for p in out_dir.iterdir()) == []
