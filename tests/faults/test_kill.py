@@ -49,6 +49,7 @@ class Output:
     options: Callable[[int], list[str]]          # total bytes -> extra CLI options
     content: Callable[[pathlib.Path], dict[str, str]]   # output folder -> tensor name -> sha256, via the library
     kills: dict[int, int] = field(default_factory=dict)  # megabytes -> kills
+    source: str = "safetensors"                  # what the converted files are: safetensors, or ONNX with external data
 
 
 def _digest(arr: np.ndarray) -> str:
@@ -73,6 +74,32 @@ def _safetensors_content(path: pathlib.Path) -> dict[str, str]:
     return out
 
 
+def _dcp_content(folder: pathlib.Path) -> dict[str, str]:
+    """Every tensor of a DCP folder through ``torch.distributed.checkpoint.load``."""
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    meta = dcp.FileSystemReader(str(folder)).read_metadata()
+    state = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype)
+             for k, m in meta.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "torch.distributed is disabled": one process loads it all
+        dcp.load(state, checkpoint_id=str(folder), no_dist=True)
+    return {k: _digest(v.numpy()) for k, v in state.items()}
+
+
+def _onnx_content(model: pathlib.Path) -> dict[str, str]:
+    """Every initializer of an ONNX model, its external data read by ``onnx`` itself."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(model))
+    return {t.name: _digest(numpy_helper.to_array(t)) for t in proto.graph.initializer}
+
+
 def _tf_content(prefix: pathlib.Path) -> dict[str, str]:
     import tensorflow as tf
 
@@ -87,6 +114,10 @@ OUTPUTS = [
            lambda out: _safetensors_content(out / "model.safetensors.index.json"), {SHORT_MB: 20, LONG_MB: 50}),
     Output("tf", "ckpt.index", "ckpt.index", lambda total: [],
            lambda out: _tf_content(out / "ckpt"), {SHORT_MB: 2, LONG_MB: 20}),
+    Output("dcp", "ckpt/", "ckpt/.metadata", lambda total: [],
+           lambda out: _dcp_content(out / "ckpt"), {SHORT_MB: 2, LONG_MB: 30}),
+    Output("onnx", "model.onnx", "model.onnx", lambda total: [],
+           lambda out: _onnx_content(out / "model.onnx"), {SHORT_MB: 2, LONG_MB: 30}, source="onnx"),
 ]
 
 
@@ -101,10 +132,35 @@ def _source(path: pathlib.Path, megabytes: int, seed: int) -> int:
     return rows * 1024 * 4 * TENSORS
 
 
+def _onnx_source(path: pathlib.Path, megabytes: int, seed: int) -> int:
+    """An ONNX model of ``TENSORS`` Gemm nodes whose weights are in one external data file; returns their bytes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    rows = megabytes * 2**20 // (TENSORS * 1024 * 4)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])
+    nodes, outputs, inits = [], [], []
+    for i in range(TENSORS):
+        inits.append(numpy_helper.from_array(rng.standard_normal((rows, 1024), dtype=np.float32), f"w{i}"))
+        nodes.append(helper.make_node("Gemm", ["x", f"w{i}"], [f"y{i}"], transB=1))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, rows]))
+    model = helper.make_model(helper.make_graph(nodes, "layers", [x], outputs, inits))
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{path.name}.data", size_threshold=0)
+    return rows * 1024 * 4 * TENSORS
+
+
 def _files(folder: pathlib.Path) -> dict[str, str]:
-    """Name -> sha256 of every file of the output (names not starting with a dot)."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
-            if p.is_file() and not p.name.startswith(".")}
+    """Path -> sha256 of every file of the output (names not starting with a dot; a folder's files too)."""
+    out = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+            if f.is_file():
+                out[str(f.relative_to(folder))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
 
 
 def _leftovers(folder: pathlib.Path) -> set[str]:
@@ -170,25 +226,28 @@ class Old:
 
     def restore(self, out: pathlib.Path) -> None:
         """Put the old output back (its files only: what a kill left beside it stays for the next run to sweep)."""
-        for name in _files(out):
-            (out / name).unlink()
+        for p in out.iterdir():
+            if not p.name.startswith("."):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
         for p in self.copy.iterdir():
-            shutil.copy2(p, out / p.name)
+            shutil.copytree(p, out / p.name) if p.is_dir() else shutil.copy2(p, out / p.name)
 
 
 def _prepare(case: Output, tmp_path: pathlib.Path, megabytes: int) -> tuple[Killer, Old]:
     """A new source, an old output written by surgery from another source, and the command between them."""
     import surgery as api
 
-    src, out = tmp_path / "new.safetensors", tmp_path / "out"
+    make, suffix = (_onnx_source, ".onnx") if case.source == "onnx" else (_source, ".safetensors")
+    src, out = tmp_path / f"new{suffix}", tmp_path / "out"
     out.mkdir()
-    options = case.options(_source(src, megabytes, seed=1))
-    _source(tmp_path / "old.safetensors", megabytes, seed=2)
-    api.convert(str(tmp_path / "old.safetensors"), str(out / case.target),
+    options = case.options(make(src, megabytes, seed=1))
+    make(tmp_path / f"old{suffix}", megabytes, seed=2)
+    target = f"{out}/{case.target}"   # as typed: a trailing / asks for a folder (DCP)
+    api.convert(str(tmp_path / f"old{suffix}"), target,
                 max_shard_size=int(options[1]) if options else None)
     shutil.copytree(out, tmp_path / "old")
     old = Old(_files(out), case.content(out), tmp_path / "old")
-    return Killer(surgery_command("convert", src, out / case.target, "-q", *options), out, out / case.commit), old
+    return Killer(surgery_command("convert", src, target, "-q", *options), out, out / case.commit), old
 
 
 def _kill_many(case: Output, tmp_path: pathlib.Path, megabytes: int) -> collections.Counter:
@@ -197,7 +256,9 @@ def _kill_many(case: Output, tmp_path: pathlib.Path, megabytes: int) -> collecti
     out = killer.out
     window = min(killer.measure(), killer.measure())  # the faster of two: the first also warms the caches
     new_content = case.content(out)
-    if case.name != "tf":
+    if case.source == "onnx":
+        assert new_content == _onnx_content(tmp_path / "new.onnx"), "the new output lacks tensors"
+    elif case.name != "tf":
         assert new_content == _safetensors_content(tmp_path / "new.safetensors"), "the new output lacks tensors"
     assert new_content != old.content
     old.restore(out)
@@ -240,6 +301,12 @@ def _last_run_leaves_only_the_output(case: Output, killer: Killer, new_content: 
     elif case.name == "tf":
         counts = {name.rsplit("-of-", 1)[1] for name in files if ".data-" in name}
         assert len(counts) == 1, f"data files of several checkpoints: {sorted(files)}"
+    elif case.name == "onnx":
+        import onnx
+
+        proto = onnx.load(str(out / "model.onnx"), load_external_data=False)
+        named = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+        assert files == named | {"model.onnx"}, f"files the model does not name: {sorted(files - named)}"
 
 
 def _check(case: Output, tmp_path: pathlib.Path, megabytes: int) -> None:
