@@ -43,6 +43,7 @@ FORMATS: dict[str, str] = {
     "tf_checkpoint": "surgery.formats.tf.checkpoint",
     "saved_model": "surgery.formats.tf.saved_model",
     "dcp": "surgery.formats.torch.dcp",
+    "zero": "surgery.formats.torch.zero",
     "folder": "surgery.formats.folder",
     "onnx": "surgery.formats.onnx.model",
 }

@@ -129,6 +129,7 @@ _SOURCES: dict[str, Callable[[str], list[str]]] = {
     "tf_checkpoint": _tf_files,
     "saved_model": _saved_model,
     "dcp": _folder_files,
+    "zero": _folder_files,
     "folder": _model_folder,
     "onnx": _onnx_source,
 }

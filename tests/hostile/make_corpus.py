@@ -314,6 +314,52 @@ def make_libhdf5() -> None:
         (OUT / name).write_bytes(bytes(data))
 
 
+def make_zero() -> None:
+    """DeepSpeed ZeRO folders (a real 2-rank stage-2 checkpoint) with a rank missing, a partition cut short,
+    a foreign class and a code-running object in an optimizer-states pickle."""
+    import argparse
+
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from surgery.formats.torch.state_dict import load_pickle
+    from surgery.formats.torch.zero import STAND_INS
+
+    rank = "global_step2/zero_pp_rank_{}_mp_rank_00_optim_states.pt"
+
+    def copy(name: str) -> pathlib.Path:
+        shutil.copytree(FIX / "torch" / "zero" / "stage2_ws2", OUT / name)
+        (OUT / name / "expected.safetensors").unlink()
+        (OUT / name / "shared.json").unlink()
+        return OUT / name
+
+    def edited(folder: pathlib.Path, r: int, edit) -> None:
+        path = folder / rank.format(r)
+        state = load_pickle(str(path), False, stand_ins=STAND_INS)
+        zero = state["optimizer_state_dict"]
+        zero["zero_stage"] = int(zero["zero_stage"])
+        for key in ("loss_scaler", "param_slice_mappings"):
+            zero.pop(key, None)
+        edit(state)
+        torch.save(state, f"{path}.new")
+        os.replace(f"{path}.new", path)
+
+    (copy("zero_missing_rank") / rank.format(1)).unlink()
+
+    def cut(state: dict) -> None:
+        groups = state["optimizer_state_dict"]["single_partition_of_fp32_groups"]
+        groups[0] = groups[0][: groups[0].numel() // 2].clone()
+
+    edited(copy("zero_partition_short"), 1, cut)
+    edited(copy("zero_foreign_global"), 0, lambda state: state.update(args=argparse.Namespace(lr=0.1)))
+    edited(copy("zero_pickle_os_system"), 0, lambda state: state.update(boom=_Boom()))
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
@@ -324,6 +370,7 @@ def main() -> None:
     make_onnx()
     make_tf()
     make_libhdf5()
+    make_zero()
     print(f"{sum(1 for _ in OUT.iterdir())} corpus entries in {OUT}", file=sys.stderr)
 
 

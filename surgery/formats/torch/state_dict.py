@@ -10,6 +10,7 @@ back on write, so a replaced checkpoint still loads where the old one did.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import io
 import os
@@ -57,7 +58,7 @@ def read(path: str, *, unsafe_pickle: bool = False, allow_globals: Iterable[str]
     ``allow_globals`` names classes (``"argparse.Namespace"``) the pickle may build, as
     ``torch.serialization.add_safe_globals`` does; nothing else in the file runs.
     """
-    obj = _load(path, unsafe_pickle, tuple(allow_globals) + tuple(ALLOWED_GLOBALS))
+    obj = load_pickle(path, unsafe_pickle, tuple(allow_globals))
     state, wrapper = _find_state(path, obj)
     notes = []
     if wrapper:
@@ -77,11 +78,21 @@ def read(path: str, *, unsafe_pickle: bool = False, allow_globals: Iterable[str]
     return graph
 
 
-def _load(path: str, unsafe_pickle: bool, allowed: tuple[str, ...] = ()) -> Any:
+def load_pickle(path: str, unsafe_pickle: bool, allowed: tuple[str, ...] = (),
+                stand_ins: Iterable[tuple[Any, str]] = ()) -> Any:
+    """``torch.load`` with ``weights_only`` (unless ``unsafe_pickle``), memory-mapped where it can be.
+
+    ``allowed``: classes the user admits by name (``--allow-global``, imported from the user's own
+    environment). ``stand_ins``: ``(class, "module.Name")`` pairs a reader admits in place of a
+    library's own class (DeepSpeed's, without DeepSpeed). Any other global is refused, naming it.
+    """
     import torch
 
+    allowed = allowed + tuple(ALLOWED_GLOBALS)
+    stand_ins = list(stand_ins)
     mmap = zipfile.is_zipfile(path)
-    admitted = [_resolve(path, name) for name in allowed]
+    admitted = [_resolve(path, name) for name in allowed] + stand_ins
+    allowed = allowed + tuple(name for _, name in stand_ins)
     try:
         with torch.serialization.safe_globals(admitted):
             return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle, mmap=mmap)
@@ -133,22 +144,32 @@ def pickle_globals(path: str) -> list[str]:
 
 
 def _scan(stream: io.BytesIO, found: list[str]) -> None:
-    """Add the globals of one pickle in ``stream`` to ``found`` (STACK_GLOBAL takes the last two strings)."""
-    strings: list[str] = []
-    memo: dict[int, str] = {}
+    """Add the globals of one pickle in ``stream`` to ``found``, by following its opcodes.
+
+    ``STACK_GLOBAL`` takes the module and name from the two values pushed last: strings, or strings
+    fetched back from the memo (a ``MEMOIZE``/``PUT`` keeps what the op before it pushed).
+    """
+    pushed: collections.deque = collections.deque(maxlen=2)   # the last two values pushed: a string, or None
+    memo: dict[int, str | None] = {}
     for op, arg, _ in pickletools.genops(stream):
-        if op.name == "GLOBAL":
+        name = op.name
+        if name == "GLOBAL":
             found.append(arg.replace(" ", ".", 1))
-        elif isinstance(arg, str) and "UNICODE" in op.name or op.name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
-            strings.append(str(arg))
-        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
-            memo[int(arg)] = strings[-1]
-        elif op.name == "MEMOIZE" and strings:
-            memo[len(memo)] = strings[-1]
-        elif op.name in ("BINGET", "LONG_BINGET", "GET") and int(arg) in memo:
-            strings.append(memo[int(arg)])
-        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-            found.append(f"{strings[-2]}.{strings[-1]}")
+            pushed.append(None)
+        elif isinstance(arg, str) and "UNICODE" in name or name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
+            pushed.append(str(arg))
+        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[int(arg)] = pushed[-1] if pushed else None
+        elif name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            pushed.append(memo.get(int(arg)))
+        elif name == "STACK_GLOBAL":
+            if len(pushed) == 2 and all(isinstance(v, str) for v in pushed):
+                found.append(f"{pushed[0]}.{pushed[1]}")
+            pushed.append(None)
+        else:
+            pushed.append(None)
 
 
 def _is_tensor_map(obj: Any) -> bool:

@@ -111,7 +111,7 @@ def test_written_archive_is_a_valid_zip_with_crcs(tmp_path):
 @pytest.mark.parametrize("name", ["cnn_source.pt", "wrapped.pt", "tied.pt", "low_precision.pt"])
 def test_zip_checkpoints_are_read_by_file_span_not_through_the_mapping(name):
     # Every tensor gets a file offset, so reading it never makes the memory-mapped pages resident.
-    state, _ = torch_format._find_state(name, torch_format._load(str(TORCH / name), False))
+    state, _ = torch_format._find_state(name, torch_format.load_pickle(str(TORCH / name), False))
     spans = torch_format._file_spans(str(TORCH / name), state)
     assert set(spans) == set(state)
     with open(TORCH / name, "rb") as f:
