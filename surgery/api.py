@@ -122,34 +122,85 @@ def diff(a: Any, b: Any, *, unsafe_pickle: bool = False) -> DiffReport:
 
 
 def convert(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None = None, quiet: bool = True,
-            unsafe_pickle: bool = False) -> list[str]:
+            unsafe_pickle: bool = False, jobs: int = 1, ranks: bool = False) -> list[str]:
     """Write the same weights in another format, under canonical names and layout.
 
     Returns the files written. The format comes from ``out``'s suffix.
 
+    Args:
+        jobs: worker processes that write the shards of a sharded safetensors output
+            (``max_shard_size``), each shard read, converted and written by one; the index
+            is written last, by this process.
+        ranks: this process is one rank of a ``torchrun`` job (``torch.distributed``, gloo):
+            the ranks split the shards, rank 0 writes the index. Every rank must call
+            ``convert`` with the same arguments; rank 0 returns the files, the others ``[]``.
+            Not automatic in the API: a script that converts on rank 0 only would wait forever.
+
     Example:
         >>> surgery.convert("pytorch_model.bin", "model.safetensors")  # doctest: +SKIP
+        >>> surgery.convert("ckpt/step-1000/", "hf/model.safetensors", max_shard_size=5 * 10**9, jobs=4)  # doctest: +SKIP
     """
+    if jobs > 1 or ranks:
+        _splittable(out, max_shard_size, "under torchrun" if ranks else f"--jobs {jobs}")
+    if ranks:
+        return _convert_by_ranks(src, out, max_shard_size=max_shard_size, quiet=quiet, unsafe_pickle=unsafe_pickle)
     if not isinstance(src, LayerGraph):
         refuse_overwrite(src, out, max_shard_size=max_shard_size)  # before any work: never write over the source
     graph = load(src, unsafe_pickle=unsafe_pickle)
-    return save(graph, out, max_shard_size=max_shard_size, quiet=quiet, source=graph.path)
+    split = None
+    if jobs > 1:
+        from .parallel import Workers, source_of
+
+        split = Workers(graph, source_of(graph, unsafe_pickle), jobs)
+    return save(graph, out, max_shard_size=max_shard_size, quiet=quiet, source=graph.path, split=split)
+
+
+def _splittable(out: "str | os.PathLike", max_shard_size: int | None, how: str) -> None:
+    """Refuse, before any work, a split write that would have nothing to split."""
+    if max_shard_size and formats.for_output(os.fspath(out)) == "safetensors":
+        return
+    raise SurgeryError(f"{os.fspath(out)}: {how} splits the shards of a sharded safetensors output between "
+                       "processes: name a .safetensors output with --max-shard-size SIZE, or run it as one process")
+
+
+def _convert_by_ranks(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None, quiet: bool,
+                      unsafe_pickle: bool) -> list[str]:
+    from .parallel import Ranks
+
+    def read() -> LayerGraph:
+        if not isinstance(src, LayerGraph):
+            refuse_overwrite(src, out, max_shard_size=max_shard_size)
+        return load(src, unsafe_pickle=unsafe_pickle)
+
+    team = Ranks()
+    try:
+        graph = team.agree(read)
+        if not team.leads:
+            team.follow(graph)
+            return []
+        return team.lead(graph, lambda split: save(graph, out, max_shard_size=max_shard_size, quiet=quiet,
+                                                   source=graph.path, split=split))
+    finally:
+        team.close()
 
 
 def convert_plan(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None = None,
-                 unsafe_pickle: bool = False) -> WritePlan:
+                 unsafe_pickle: bool = False, processes: int = 1) -> WritePlan:
     """What ``convert`` would write (files, bytes, tensors) and the memory it would need, from headers alone.
 
     Raises the errors ``convert`` would raise before writing (unknown output format, the
-    source as output, a write the output format refuses).
+    source as output, a write the output format refuses). With ``processes`` (``jobs``,
+    or the ranks of a ``torchrun`` job), also each process's share and peak memory.
 
     Example:
         >>> print(surgery.convert_plan("ckpt/step-1000", "hf/model.safetensors", max_shard_size=5 * 10**9))  # doctest: +SKIP
     """
+    if processes > 1:
+        _splittable(out, max_shard_size, f"splitting the work across {processes} processes")
     graph = load(src, unsafe_pickle=unsafe_pickle)
     if graph.path:
         refuse_overwrite(graph.path, out)
-    return plan_write(graph, out, max_shard_size=max_shard_size)
+    return plan_write(graph, out, max_shard_size=max_shard_size, processes=processes)
 
 
 def verify_transplant(result: Transplant, *, factory: str | None = None, input_shape: Any = None,

@@ -115,7 +115,8 @@ def _settings(plan: Plan) -> dict[str, dict[str, Any]]:
 
 
 def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_size: int | None = None,
-         quiet: bool = True, source: str | None = None, tensor_hashes: bool = False) -> list[str]:
+         quiet: bool = True, source: str | None = None, tensor_hashes: bool = False,
+         split: Callable[..., None] | None = None) -> list[str]:
     """Write a graph (or a transplant's output) atomically; returns the files written.
 
     Tensors whose bytes pass unchanged are copied file to file where the writer stores
@@ -125,6 +126,9 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
     once more on a second thread while the output is written: it is hashed, and the
     copied tensors that never pass through this process are counted and hashed from
     the same bytes.
+
+    ``split`` writes the shards of a sharded safetensors output in other processes
+    (``surgery.parallel``): it is called with the shards and a progress callback.
     """
     path = os.fspath(path)
     result = obj if isinstance(obj, Transplant) else None
@@ -151,7 +155,8 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
     watched, ahead = streamed(graph, on_read, on_copy)
     try:
         with bar, full_disk_is_an_error(path):
-            written = _write(watched, path, name, max_shard_size)
+            shards = (lambda work: split(work, bar.update)) if split else None
+            written = _write(watched, path, name, max_shard_size, shards)
     finally:
         ahead.close()
     if result is not None:
@@ -164,10 +169,13 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
     return written
 
 
-def _write(graph: LayerGraph, path: str, name: str, max_shard_size: int | None) -> list[str]:
+def _write(graph: LayerGraph, path: str, name: str, max_shard_size: int | None,
+           write_shards: Callable[..., None] | None = None) -> list[str]:
     module = formats.module(name)
     if name == "safetensors" and max_shard_size:
-        return module.write_sharded(graph, path, max_shard_size)
+        return module.write_sharded(graph, path, max_shard_size, write_shards=write_shards)
+    if write_shards is not None:
+        raise SurgeryError(f"{path}: only the shards of a sharded safetensors output are split across processes")
     if getattr(module, "MULTI_FILE", False):  # writes its several files atomically itself
         module.write(graph, path)
     else:

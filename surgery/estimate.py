@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from . import formats
-from .graph import LayerGraph
+from .graph import LayerGraph, Param
 from .render import size
 
 READ_AHEAD = 1   # tensors read ahead of the one being written (stream.ReadAhead)
@@ -42,6 +42,7 @@ class WritePlan:
     largest: tuple[str, int]                    # the largest tensor written: name, bytes
     peak_bytes: int                             # tensor data held at once, at most
     peak_terms: list[str] = field(default_factory=list)   # what adds up to it
+    processes: list["ProcessShare"] = field(default_factory=list)   # with the work split: each process's share
 
     @property
     def write_bytes(self) -> int:
@@ -51,7 +52,8 @@ class WritePlan:
         return {"output": self.output, "format": self.format, "read_bytes": self.read_bytes,
                 "write_bytes": self.write_bytes, "files": [vars(f) for f in self.files],
                 "largest_tensor": {"name": self.largest[0], "bytes": self.largest[1]},
-                "peak_tensor_bytes": self.peak_bytes, "peak_terms": self.peak_terms}
+                "peak_tensor_bytes": self.peak_bytes, "peak_terms": self.peak_terms,
+                "processes": [vars(p) for p in self.processes]}
 
     def __str__(self) -> str:
         from .render import write_plan_text
@@ -59,13 +61,26 @@ class WritePlan:
         return write_plan_text(self)
 
 
+@dataclass
+class ProcessShare:
+    """What one process of a split write reads, writes and holds (``--jobs``, ``torchrun`` ranks)."""
+
+    shards: int
+    read_bytes: int
+    write_bytes: int
+    peak_bytes: int
+
+
 def plan_write(graph: LayerGraph, path: str | os.PathLike, *, max_shard_size: int | None = None,
-               sources: Iterable[LayerGraph] = ()) -> WritePlan:
+               sources: Iterable[LayerGraph] = (), processes: int = 1) -> WritePlan:
     """Predict writing ``graph`` to ``path`` without reading a tensor or writing a byte.
 
     Args:
         sources: the graphs the tensors are read from (a transplant's source and destination),
             for what their readers hold beside a tensor; ``graph`` itself when omitted.
+        processes: the shards of a sharded output split across this many processes
+            (``surgery.parallel.assign``, as the ranks of a ``torchrun`` job get them; a
+            ``--jobs`` pool hands them out as workers come free, to the same effect).
 
     Raises:
         FormatError: the output cannot be written (unknown format, a write that would be refused).
@@ -81,17 +96,37 @@ def plan_write(graph: LayerGraph, path: str | os.PathLike, *, max_shard_size: in
     else:
         files = [PlannedFile(path, graph.nbytes, sum(1 for _ in graph.tensors()), exact=False)]
     copied = getattr(module, "COPIES_SPANS", False)   # unchanged bytes go file to file (``apply.save``): no memory
-    peak, largest, terms = _memory(graph, name, module, [*sources, graph], copied)
-    return WritePlan(path, name + (" (sharded)" if sharded else ""), files, graph.nbytes, largest, peak, terms)
+    peak, largest, terms = _memory(list(graph.tensors()), name, module, [*sources, graph], copied)
+    shares = _shares(graph, files, max_shard_size, processes, module, [*sources, graph], copied) if sharded else []
+    return WritePlan(path, name + (" (sharded)" if sharded else ""), files, graph.nbytes, largest, peak, terms, shares)
 
 
-def _memory(graph: LayerGraph, name: str, module: Any, sources: list[LayerGraph],
+def _shares(graph: LayerGraph, files: list[PlannedFile], max_shard_size: int, processes: int, module: Any,
+            sources: list[LayerGraph], copied: bool) -> list[ProcessShare]:
+    """Each process's shards, bytes and peak memory when ``processes`` split a sharded write."""
+    from .formats.safetensors import ShardWork, plan_shards
+    from .parallel import assign
+
+    if processes <= 1:
+        return []
+    shards = plan_shards(graph, max_shard_size)
+    work = [ShardWork(f.path, [k for k, _ in shard], f.nbytes) for f, shard in zip(files, shards)]
+    table = dict(graph.tensors())
+    shares = []
+    for part in assign(work, processes):
+        tensors = [(k, table[k]) for shard in part for k in shard.keys]
+        peak = _memory(tensors, "safetensors", module, sources, copied)[0]
+        shares.append(ProcessShare(len(part), sum(p.nbytes for _, p in tensors), sum(s.nbytes for s in part), peak))
+    return shares
+
+
+def _memory(tensors: list[tuple[str, Param]], name: str, module: Any, sources: list[LayerGraph],
             copied: bool) -> tuple[int, tuple[str, int], list[str]]:
-    """Peak tensor memory, the largest tensor read, and the terms that add up to it."""
-    read = [(k, p.nbytes) for k, p in graph.tensors() if not (copied and p.span is not None)]
+    """Peak tensor memory writing ``tensors``, the largest tensor read, and the terms that add up to it."""
+    read = [(k, p.nbytes) for k, p in tensors if not (copied and p.span is not None)]
     terms = []
-    if copied and len(read) < sum(1 for _ in graph.tensors()):
-        terms.append(f"{sum(1 for _ in graph.tensors()) - len(read)} tensors copied file to file, never in memory")
+    if copied and len(read) < len(tensors):
+        terms.append(f"{len(tensors) - len(read)} tensors copied file to file, never in memory")
     if not read:
         return 0, ("-", 0), terms
     largest = max(read, key=lambda t: t[1])

@@ -85,7 +85,18 @@ def write_plan_text(plan: "WritePlan") -> str:
         f"reads {size(plan.read_bytes)} of tensors, writes {about}{size(plan.write_bytes)} in {len(plan.files)} file{'s' * (len(plan.files) > 1)}",
         f"peak memory: about {size(plan.peak_bytes)} of tensor data at once ({'; '.join(plan.peak_terms)}"
         f"{largest_text}), plus the interpreter and libraries",
+        *_shares_text(plan),
     ])
+
+
+def _shares_text(plan: "WritePlan") -> list[str]:
+    if not plan.processes:
+        return []
+    rows = [[i, p.shards, size(p.read_bytes), size(p.write_bytes), size(p.peak_bytes)] for i, p in enumerate(plan.processes)]
+    total = sum(p.peak_bytes for p in plan.processes)
+    return [f"split across {len(plan.processes)} processes (each shard written by one; the index by process 0, last):",
+            table(["process", "shards", "reads", "writes", "peak memory"], rows, indent="  "),
+            f"peak memory of all processes together: about {size(total)} of tensor data"]
 
 
 def _jsonable(v: Any) -> bool:

@@ -80,6 +80,19 @@ def streamed(graph: LayerGraph, on_read: OnRead, on_copy: OnCopy | None = None) 
     return LayerGraph(layers, path=graph.path, format=graph.format, meta=graph.meta), ahead
 
 
+def read_ahead(tensors: list[tuple[str, Param]]) -> tuple[list[tuple[str, Param]], ReadAhead]:
+    """The same tensors, each read on a worker thread while the one before it is written.
+
+    A param with a ``span`` keeps it (a raw-bytes writer copies it file to file) and is
+    not read ahead. Close the returned ReadAhead when the writer is done.
+    """
+    order = [key for key, param in tensors if param.span is None]
+    ahead = ReadAhead({key: param.read for key, param in tensors}, order)
+    out = [(key, Param(p.shape, p.dtype, lambda k=key: ahead.get(k), key=p.key, layout=p.layout, ident=p.ident,
+                       span=p.span)) for key, p in tensors]
+    return out, ahead
+
+
 def _reporting(param: Param, key: str, on_read: OnRead) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         arr = param.read()

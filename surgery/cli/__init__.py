@@ -28,7 +28,8 @@ class _Group(click.Group):
         except SurgeryError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"surgery: error: {e}", err=True)
+            if not (ctx.obj and ctx.obj.get("silent")):
+                click.echo(f"surgery: error: {e}", err=True)
             raise click.exceptions.Exit(EXIT_BAD_INPUT) from None
         except Exception as e:  # a bug or an unexpected library error: still one line, unless --debug
             if ctx.obj and ctx.obj.get("debug"):
@@ -205,27 +206,47 @@ def _report(obj: Any, data: dict, as_json: bool) -> None:
 @click.argument("src", type=click.Path())
 @click.argument("out", type=click.Path())
 @click.option("--max-shard-size", metavar="SIZE", help="Write sharded safetensors with shards of at most SIZE (e.g. 5GB).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes writing the shards (with --max-shard-size); the index is written last.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--dry-run", is_flag=True,
               help="Print what would be written (files, bytes, tensors) and the peak memory; read no tensor data, write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON.")
 @unsafe_option
-def convert(src: str, out: str, max_shard_size: str | None, quiet: bool, dry_run: bool, as_json: bool,
-            unsafe_pickle: bool) -> None:
+@click.pass_context
+def convert(ctx: click.Context, src: str, out: str, max_shard_size: str | None, jobs: int, quiet: bool, dry_run: bool,
+            as_json: bool, unsafe_pickle: bool) -> None:
     """Write SRC's weights to OUT in the format OUT's suffix names, in canonical names and layout.
 
     An OUT named as a folder (a trailing /) is a PyTorch Distributed Checkpoint; writing into an
     existing trainer checkpoint replaces its model and keeps its optimizer state.
+
+    Under torchrun (several ranks, on one machine or several sharing a filesystem) the ranks
+    split the shards of a sharded output through torch.distributed; rank 0 writes the index
+    and alone prints.
     """
     from .. import api
     from ..apply import parse_size
+    from ..parallel import torchrun_world
 
     shard = parse_size(max_shard_size) if max_shard_size else None
+    world = torchrun_world()
+    if world is not None and jobs > 1:
+        raise SurgeryError("--jobs under torchrun: the ranks already split the work; "
+                           "start more of them with --nproc-per-node instead")
     if dry_run:
-        planned = api.convert_plan(src, out, max_shard_size=shard, unsafe_pickle=unsafe_pickle)
+        if world is not None and world[0] != 0:
+            return
+        processes = world[1] if world else jobs
+        planned = api.convert_plan(src, out, max_shard_size=shard, unsafe_pickle=unsafe_pickle, processes=processes)
         _report(planned, planned.to_dict(), as_json)
         return
-    for path in api.convert(src, out, max_shard_size=shard, quiet=quiet, unsafe_pickle=unsafe_pickle):
+    if world is not None and world[0] != 0:
+        ctx.obj["silent"] = True   # rank 0 speaks for the job, errors included
+        quiet = True
+    written = api.convert(src, out, max_shard_size=shard, quiet=quiet, unsafe_pickle=unsafe_pickle, jobs=jobs,
+                          ranks=world is not None)
+    for path in written:
         click.echo(f"wrote {path}")
 
 

@@ -15,7 +15,7 @@ import math
 import os
 import re
 import struct
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -275,7 +275,8 @@ def shard_files(path: str) -> list[str]:
     return sorted(os.path.join(folder, f) for f in os.listdir(folder) if pattern.fullmatch(f))
 
 
-def write_sharded(graph: LayerGraph, path: str, max_shard_size: int) -> list[str]:
+def write_sharded(graph: LayerGraph, path: str, max_shard_size: int, *,
+                  write_shards: "WriteShards | None" = None) -> list[str]:
     """Write shards of at most ``max_shard_size`` bytes plus the standard index; returns the files written.
 
     The new shards take names no existing file has (``free_shard_names``), so
@@ -283,6 +284,11 @@ def write_sharded(graph: LayerGraph, path: str, max_shard_size: int) -> list[str
     renamed over it: that rename commits the set. Only then are the old shards
     removed. A kill at any moment leaves the old set or the new one, each whole;
     the shards and temporary files of a killed write are removed by the next.
+
+    ``write_shards``, when given, writes the shards instead of this process:
+    it gets ``(file, keys)`` for each and returns once all are written, or raises
+    (``surgery.parallel`` hands them to worker processes or ranks). Whoever writes
+    them, the index is written here, last; a failure removes the new shards.
     """
     from ..io import atomic_path, folder_lock, sweep_stale
 
@@ -296,14 +302,42 @@ def write_sharded(graph: LayerGraph, path: str, max_shard_size: int) -> list[str
         sweep_stale(folder, f".{stem}{INDEX_SUFFIX}.*.tmp")
         _remove_shards_but(path, _named_shards(index_path))
         names = free_shard_names(path, len(shards))
-        for name, tensors in zip(names, shards):
-            with atomic_path(name) as tmp:
-                write_file(tmp, tensors, {"format": "pt"})
+        try:
+            if write_shards is None:
+                for name, tensors in zip(names, shards):
+                    write_shard(name, tensors)
+            else:
+                write_shards([ShardWork(name, [key for key, _ in tensors], sum(p.nbytes for _, p in tensors))
+                              for name, tensors in zip(names, shards)])
+        except BaseException:
+            for name in names:  # not yet named by any index: nobody's data
+                if os.path.lexists(name):
+                    os.unlink(name)
+            raise
         with atomic_path(index_path) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(_index_text(graph, shards, names))
         _remove_shards_but(path, names)
     return [*names, index_path]
+
+
+class ShardWork(NamedTuple):
+    """One shard to write: its file, the keys it holds in order, their bytes."""
+
+    path: str
+    keys: list[str]
+    nbytes: int
+
+
+WriteShards = Callable[[list[ShardWork]], None]
+
+
+def write_shard(path: str, tensors: list[tuple[str, Param]]) -> None:
+    """One shard of a sharded set, written atomically under its final name."""
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        write_file(tmp, tensors, {"format": "pt"})
 
 
 def _named_shards(index_path: str) -> list[str]:

@@ -1,0 +1,283 @@
+"""``convert``'s work split across processes: ``--jobs N`` on one machine, the ranks of a ``torchrun`` job on several.
+
+What is split is the shards of a sharded safetensors output. Each shard is read,
+converted and written by one process from its own reading of the source: the
+work handed out is file names and tensor keys, never tensors, so each process
+holds about one tensor (two with read-ahead) whatever the model's size. The
+process that began the work (the parent, or rank 0) chooses the names, writes
+the index last and commits the set with its rename, exactly as a one-process
+write does (``safetensors.write_sharded``).
+
+``--jobs`` uses a pool of spawned worker processes. Under ``torchrun`` the ranks
+are coordinated by ``torch.distributed`` (gloo, CPU): rank 0 hands out the shards
+with a broadcast, every rank writes its own, the outcome of each comes back with
+an all-gather, and rank 0 writes the index and tells the others how it ended.
+Every rank reaches every collective whatever fails, so a failure on one rank is
+an error on all, never a hang.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, NamedTuple
+
+from . import formats
+from .errors import SurgeryError
+from .formats.safetensors import ShardWork, write_shard
+from .graph import LayerGraph, Param
+from .io import full_disk_is_an_error
+from .stream import read_ahead
+
+Progress = Callable[[int], Any]
+
+
+class Source(NamedTuple):
+    """How a worker reads the source for itself: what ``surgery.load`` was given."""
+
+    path: str
+    format: str
+    unsafe_pickle: bool = False
+    allow_globals: tuple[str, ...] = ()
+
+
+def source_of(graph: LayerGraph, unsafe_pickle: bool = False) -> Source:
+    from .formats.torch import state_dict
+
+    if not graph.path:
+        raise SurgeryError("work can be split across processes only for a source read from a file")
+    return Source(graph.path, graph.format, unsafe_pickle, tuple(sorted(state_dict.ALLOWED_GLOBALS)))
+
+
+def torchrun_world() -> tuple[int, int] | None:
+    """``(rank, world size)`` when this process is one of several ranks a ``torchrun`` started, else None."""
+    try:
+        size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    except (KeyError, ValueError):
+        return None
+    return (rank, size) if size > 1 and "MASTER_ADDR" in os.environ else None
+
+
+def assign(work: list[ShardWork], count: int) -> list[list[ShardWork]]:
+    """Shards dealt to ``count`` processes, largest first to the least loaded (bytes as even as they come)."""
+    parts: list[list[ShardWork]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for shard in sorted(work, key=lambda w: -w.nbytes):
+        least = loads.index(min(loads))
+        parts[least].append(shard)
+        loads[least] += shard.nbytes
+    return parts
+
+
+Expected = list[tuple[str, tuple[int, ...], str]]
+
+
+def expected(graph: LayerGraph, shard: ShardWork) -> Expected:
+    """What each key of a shard holds in the reading that planned it: another reading must agree."""
+    table = dict(graph.tensors())
+    return [(key, table[key].shape, table[key].dtype) for key in shard.keys]
+
+
+def write_planned(table: dict[str, Param], source: str, shard: ShardWork, want: Expected) -> None:
+    """Write one shard from this process's own reading of the source, checked against the plan's."""
+    tensors = []
+    for key, shape, dtype in want:
+        param = table.get(key)
+        if param is None or param.shape != shape or param.dtype != dtype:
+            found = "nothing" if param is None else f"{param.dtype}{list(param.shape)}"
+            raise SurgeryError(f"{source}: {key} was {dtype}{list(shape)} when the conversion was planned and is "
+                               f"{found} now: did the checkpoint change while it was being converted?")
+        tensors.append((key, param))
+    tensors, ahead = read_ahead(tensors)
+    try:
+        with full_disk_is_an_error(shard.path):
+            write_shard(shard.path, tensors)
+    finally:
+        ahead.close()
+
+
+# --- worker processes (--jobs) ---------------------------------------------------------------
+
+_READ: dict[Source, dict[str, Param]] = {}
+
+
+def _tensors(source: Source) -> dict[str, Param]:
+    """The source as this worker read it (once per worker, headers only)."""
+    if source not in _READ:
+        from .formats.torch import state_dict
+
+        state_dict.ALLOWED_GLOBALS.update(source.allow_globals)
+        options = {"unsafe_pickle": True} if source.unsafe_pickle else {}
+        _READ[source] = dict(formats.read(source.path, format=source.format, **options).tensors())
+    return _READ[source]
+
+
+def _bound_to_parent(parent: int) -> None:
+    """A worker dies with the process that started it (Linux): a killed convert leaves no
+    worker renaming a shard into the folder after the next write has chosen its names."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the line above: go now
+        os._exit(1)
+
+
+def _work(source: Source, shard: ShardWork, want: Expected) -> int:
+    write_planned(_tensors(source), source.path, shard, want)
+    return shard.nbytes
+
+
+class Workers:
+    """Writes the shards with ``jobs`` spawned worker processes, the largest shards first."""
+
+    def __init__(self, graph: LayerGraph, source: Source, jobs: int) -> None:
+        self.graph, self.source, self.jobs = graph, source, jobs
+
+    def __call__(self, work: list[ShardWork], progress: Progress = lambda n: None) -> None:
+        if not work:
+            return
+        context = multiprocessing.get_context("spawn")  # a fork would copy this process's threads and locks
+        error: BaseException | None = None
+        with ProcessPoolExecutor(min(self.jobs, len(work)), mp_context=context, initializer=_bound_to_parent,
+                                 initargs=(os.getpid(),)) as pool:
+            pending = {pool.submit(_work, self.source, shard, expected(self.graph, shard))
+                       for shard in sorted(work, key=lambda w: -w.nbytes)}
+            while pending and error is None:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    try:
+                        progress(future.result())
+                    except BrokenProcessPool:
+                        error = SurgeryError(f"{self.source.path}: a worker process died while converting "
+                                             "(out of memory?); nothing was committed")
+                    except BaseException as e:  # noqa: BLE001 (re-raised below, once the others stop)
+                        error = error or e
+            for future in pending:
+                future.cancel()
+        # leaving the pool waited for the shards being written: none is renamed after the caller cleans up
+        if error is not None:
+            raise error
+
+
+# --- ranks of a torchrun job -----------------------------------------------------------------
+
+class Ranks:
+    """This process as one rank of a ``torchrun`` job; rank 0 leads, the others follow.
+
+    Every rank runs the same command. Collectives, in order, the same on every rank:
+    ``agree`` (all-gather: each rank's reading of the source, or its error), then on
+    rank 0's ``write_shards`` the work (broadcast: each rank's shards, or why there
+    are none), the shards' outcomes (all-gather), and the end (broadcast: None, or
+    the error that stopped rank 0).
+    """
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.owned = not dist.is_initialized()
+        if self.owned:
+            dist.init_process_group("gloo")
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.graph: LayerGraph | None = None
+        self._sent = False
+
+    @property
+    def leads(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        if self.owned and self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+    def _gather(self, value: Any) -> list[Any]:
+        out: list[Any] = [None] * self.size
+        self.dist.all_gather_object(out, value)
+        return out
+
+    def _broadcast(self, value: Any) -> Any:
+        box = [value]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def agree(self, read: Callable[[], LayerGraph]) -> LayerGraph:
+        """``read()`` on every rank; if it failed on any, the same error on all, naming the rank."""
+        graph, problem = None, None
+        try:
+            graph = read()
+        except SurgeryError as e:
+            problem = str(e)
+        _raise_first(self._gather(problem))
+        assert graph is not None
+        return graph
+
+    def __call__(self, work: list[ShardWork], progress: Progress = lambda n: None) -> None:
+        """Rank 0: deal the shards, write its own, wait for every rank's outcome."""
+        parts = assign(work, self.size)
+        graph = self.graph
+        self._broadcast([[(shard, expected(graph, shard)) for shard in part] for part in parts])
+        self._sent = True
+        problem = self._write(parts[0], progress)
+        outcomes = self._gather(problem)
+        for part, outcome in zip(parts[1:], outcomes[1:]):
+            if outcome is None:
+                progress(sum(shard.nbytes for shard in part))
+        _raise_first(outcomes)
+
+    def lead(self, graph: LayerGraph, run: Callable[["Ranks"], list[str]]) -> list[str]:
+        """Rank 0: ``run`` the write with this as its shard writer, then tell the others how it ended."""
+        self.graph = graph
+        try:
+            files = run(self)
+        except BaseException as e:
+            self._end(f"{e}" if isinstance(e, SurgeryError) else f"rank 0: {type(e).__name__}: {e}")
+            raise
+        self._end(None)
+        return files
+
+    def _end(self, problem: str | None) -> None:
+        if not self._sent:  # stopped before dealing the work: the others wait for it
+            self._broadcast(problem or "rank 0 ended before dealing out the shards")
+        else:
+            self._broadcast(problem)
+
+    def follow(self, graph: LayerGraph) -> None:
+        """Any other rank: write the shards rank 0 deals to it, report, and learn how the write ended."""
+        self.graph = graph
+        dealt = self._broadcast(None)
+        if isinstance(dealt, str):
+            raise SurgeryError(dealt)
+        mine = dealt[self.rank]
+        self._gather(self._write([shard for shard, _ in mine], lambda n: None, {s.path: w for s, w in mine}))
+        ended = self._broadcast(None)
+        if ended is not None:
+            raise SurgeryError(ended)
+
+    def _write(self, shards: list[ShardWork], progress: Progress, wants: dict[str, Expected] | None = None) -> str | None:
+        """This rank's shards, written; the problem as a message for the others, or None."""
+        table = dict(self.graph.tensors())
+        try:
+            for shard in shards:
+                want = wants[shard.path] if wants is not None else expected(self.graph, shard)
+                write_planned(table, self.graph.path or "?", shard, want)
+                progress(shard.nbytes)
+        except SurgeryError as e:
+            return f"rank {self.rank}: {e}"
+        except OSError as e:
+            return f"rank {self.rank}: {e.filename or ''}: {e.strerror or e}"
+        except Exception as e:  # noqa: BLE001 (a bug still reaches the collectives: the others must not hang)
+            return f"rank {self.rank}: {type(e).__name__}: {e}"
+        return None
+
+
+def _raise_first(problems: list[str | None]) -> None:
+    for rank, problem in enumerate(problems):
+        if problem is not None:
+            raise SurgeryError(problem if problem.startswith("rank ") else f"rank {rank}: {problem}")

@@ -1,0 +1,200 @@
+"""``convert`` split across processes: ``--jobs N`` worker processes, and the ranks of a real ``torchrun`` job.
+
+The source is what a trainer writes: a PyTorch Distributed Checkpoint saved by ``torch.distributed.checkpoint``
+(``{"model": ..., "optim": ..., "step": ...}``, as torchtitan lays it out) of a GPT-2 built from a
+transformers config with seeded random weights. Each split write is judged against DCP's own load of
+the model and against the same conversion done by one process, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import surgery
+from surgery.errors import SurgeryError
+from surgery.formats.safetensors import ShardWork
+from surgery.parallel import assign, write_planned
+from tests.faults.conftest import ROOT, assert_one_line_error, child_env, surgery_command
+
+SHARD = "700KB"   # the GPT-2 below holds ~3.7 MB: six shards or so
+
+
+@pytest.fixture(scope="module")
+def trainer_ckpt(tmp_path_factory) -> tuple[pathlib.Path, dict[str, np.ndarray]]:
+    """A DCP folder as a trainer saves it, and the model's tensors as DCP's own load gives them back."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import torch.distributed.checkpoint as dcp
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=4, n_embd=128, n_head=4, vocab_size=1000, n_positions=64,
+                                    bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config)
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 1000, (2, 16))).logits.square().mean().backward()
+    optim.step()
+    folder = tmp_path_factory.mktemp("trainer") / "step-10"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # no process group: DCP says it saves as one rank
+        dcp.save({"model": model.state_dict(), "optim": optim.state_dict(), "step": 10}, checkpoint_id=str(folder))
+        loaded = {"model": {k: torch.empty_like(v) for k, v in model.state_dict().items()}}
+        dcp.load(loaded, checkpoint_id=str(folder))
+    return folder, {k: v.numpy() for k, v in loaded["model"].items()}
+
+
+def _set(index: pathlib.Path) -> dict[str, np.ndarray]:
+    """Every tensor of a sharded safetensors set, read with the safetensors library through its index."""
+    from safetensors.numpy import load_file
+
+    weight_map = json.loads(index.read_text())["weight_map"]
+    out: dict[str, np.ndarray] = {}
+    for name in sorted(set(weight_map.values())):
+        out.update(load_file(str(index.parent / name)))
+    assert set(out) == set(weight_map), "the index and the shards disagree"
+    return out
+
+
+def _hashes(folder: pathlib.Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _assert_model(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    stored = {k for k in want if k != "lm_head.weight"}   # tied to transformer.wte.weight: stored once
+    assert stored <= set(got), f"missing: {sorted(stored - set(got))}"
+    for key in sorted(stored):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_jobs_write_what_one_process_writes(trainer_ckpt, tmp_path):
+    folder, model = trainer_ckpt
+    one = surgery.convert(folder, tmp_path / "one" / "model.safetensors", max_shard_size=surgery.apply.parse_size(SHARD))
+    result = subprocess.run(surgery_command("convert", folder, tmp_path / "two" / "model.safetensors",
+                                            "--max-shard-size", SHARD, "--jobs", "2", "-q"),
+                            capture_output=True, text=True, timeout=300, env=child_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert len(one) > 3, "too few shards to split"
+    assert [os.path.basename(line) for line in result.stdout.splitlines()] == [os.path.basename(p) for p in one]
+    assert _hashes(tmp_path / "two") == _hashes(tmp_path / "one")
+    _assert_model(_set(tmp_path / "two" / "model.safetensors.index.json"), model)
+
+
+def test_a_worker_that_fails_leaves_the_old_set(trainer_ckpt, tmp_path):
+    """A full disk in a worker (a file-size limit in the child stands in for it): exit 2, one line, old set kept."""
+    import resource
+    import signal
+
+    folder, _ = trainer_ckpt
+    out = tmp_path / "out"
+    surgery.convert(folder, out / "model.safetensors", max_shard_size=surgery.apply.parse_size("400KB"))
+    before = _hashes(out)
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))
+
+    result = subprocess.run(surgery_command("convert", folder, out / "model.safetensors", "--max-shard-size", SHARD,
+                                            "--jobs", "2", "-q"),
+                            capture_output=True, text=True, timeout=300, env=child_env(), preexec_fn=limited)
+    assert_one_line_error(result, str(out / "model-"), "file too large", "previous file is unchanged")
+    assert _hashes(out) == before
+
+
+def test_jobs_without_a_sharded_output_are_refused_before_any_work(trainer_ckpt, tmp_path):
+    folder, _ = trainer_ckpt
+    for out, options in [("model.safetensors", []), ("model.pt", ["--max-shard-size", SHARD])]:
+        result = subprocess.run(surgery_command("convert", folder, tmp_path / out, "--jobs", "2", *options),
+                                capture_output=True, text=True, timeout=120, env=child_env())
+        assert_one_line_error(result, str(tmp_path / out), "--jobs 2", "--max-shard-size")
+        assert not (tmp_path / out).exists()
+
+
+def test_dry_run_gives_each_process_its_share(trainer_ckpt, run):
+    folder, model = trainer_ckpt
+    result = run("convert", folder, "/nonexistent/hf/model.safetensors", "--max-shard-size", SHARD, "--jobs", "2",
+                 "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    planned = json.loads(result.output)
+    shares = planned["processes"]
+    shards = [f for f in planned["files"] if not f["path"].endswith(".index.json")]
+    assert len(shares) == 2
+    assert sum(s["shards"] for s in shares) == len(shards)
+    assert sum(s["read_bytes"] for s in shares) == planned["read_bytes"]
+    assert sum(s["write_bytes"] for s in shares) == sum(f["nbytes"] for f in shards)
+    assert all(0 < s["peak_bytes"] <= planned["peak_tensor_bytes"] for s in shares)
+    text = run("convert", folder, "/nonexistent/hf/model.safetensors", "--max-shard-size", SHARD, "-j", "2",
+               "--dry-run").output
+    assert "split across 2 processes" in text and "peak memory of all processes together" in text
+
+
+def test_shards_are_dealt_evenly_and_each_once():
+    sizes = [900, 100, 500, 500, 400, 300, 300, 50]
+    work = [ShardWork(f"s{i}", [], n) for i, n in enumerate(sizes)]
+    parts = assign(work, 3)
+    assert sorted(s.path for part in parts for s in part) == sorted(w.path for w in work)
+    loads = [sum(s.nbytes for s in part) for part in parts]
+    assert max(loads) - min(loads) <= max(sizes), loads
+    assert assign(work, 1) == [sorted(work, key=lambda w: -w.nbytes)]
+
+
+def test_a_reading_that_disagrees_with_the_plan_is_refused(tmp_path):
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros((4, 4), np.float32)}, str(tmp_path / "a.safetensors"))
+    table = dict(surgery.load(tmp_path / "a.safetensors").tensors())
+    shard = ShardWork(str(tmp_path / "out.safetensors"), ["w"], 64)
+    with pytest.raises(SurgeryError, match=r"w was float32\[4, 8\] when the conversion was planned and is float32\[4, 4\]"):
+        write_planned(table, "a.safetensors", shard, [("w", (4, 8), "float32")])
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+# --- torchrun ------------------------------------------------------------------------------------
+
+def _torchrun(*args: object, log: pathlib.Path, fail_rank: int | None = None) -> subprocess.CompletedProcess:
+    log.mkdir(exist_ok=True)
+    env = {**child_env(), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "SURGERY_TEST_LOG": str(log)}
+    if fail_rank is not None:
+        env["SURGERY_TEST_FAIL_RANK"] = str(fail_rank)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(ROOT / "tests" / "parallel" / "ranks_cli.py"), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_two_torchrun_ranks_split_the_shards_and_rank_0_writes_the_index(trainer_ckpt, tmp_path):
+    folder, model = trainer_ckpt
+    out = tmp_path / "hf" / "model.safetensors"
+    result = _torchrun("convert", folder, out, "--max-shard-size", SHARD, log=tmp_path / "log")
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = {rank: (tmp_path / "log" / f"rank{rank}").read_text().split() for rank in (0, 1)}
+    assert written[0] and written[1], f"a rank wrote nothing: {written}"
+    index = json.loads((out.parent / "model.safetensors.index.json").read_text())
+    assert sorted(written[0] + written[1]) == sorted(set(index["weight_map"].values())), "each shard once"
+    wrote = [line for line in result.stdout.splitlines() if line.startswith("wrote ")]
+    assert len(wrote) == len(written[0]) + len(written[1]) + 1, "rank 0 alone prints, every file once"
+    assert "surgery" not in result.stderr
+    _assert_model(_set(out.parent / "model.safetensors.index.json"), model)
+    one = surgery.convert(folder, tmp_path / "one" / "model.safetensors", max_shard_size=surgery.apply.parse_size(SHARD))
+    assert _hashes(out.parent) == _hashes(pathlib.Path(one[0]).parent)
+
+
+def test_a_rank_that_fails_fails_the_job_and_leaves_the_old_set(trainer_ckpt, tmp_path):
+    folder, _ = trainer_ckpt
+    out = tmp_path / "hf" / "model.safetensors"
+    surgery.convert(folder, out, max_shard_size=surgery.apply.parse_size("400KB"))
+    before = _hashes(out.parent)
+    result = _torchrun("convert", folder, out, "--max-shard-size", SHARD, log=tmp_path / "log", fail_rank=1)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("surgery: ")]
+    assert len(ours) == 1, result.stderr[-2000:]
+    assert ours[0].startswith("surgery: error: rank 1: ") and "made to fail on rank 1" in ours[0]
+    assert "Traceback" not in result.stderr.split("surgery: error")[0]
+    assert _hashes(out.parent) == before, "the failed job changed the old set"
