@@ -19,6 +19,12 @@ safetensors -> sharded safetensors (the standard index; issue 12's goal: at most
   5. ``cp src.safetensors``;
   6. ``surgery convert src.safetensors out/model.safetensors --max-shard-size 256MB``.
 
+DCP -> sharded safetensors, the work split (``surgery.parallel``)
+  7. ``surgery convert ckpt out/model.safetensors --max-shard-size 256MB``: one process;
+  8. the same with ``--jobs 2``: two worker processes;
+  9. the same under ``torchrun --standalone --nproc-per-node 2``: two ranks (gloo).
+  Peak RSS there is the largest single process's (``getrusage`` of the children), not their sum.
+
 Caches, rounds and medians as ``run.py`` (cold data, warm code; round-robin ``--repeat`` times).
 Every output is checked tensor by tensor against the generated values, and each surgery job's
 ``--dry-run`` prediction of its tensor memory is printed beside the peak RSS measured.
@@ -174,6 +180,14 @@ def jobs(w: str, count: int) -> list[tuple[str, list[str], str, str]]:
         ("cp src.safetensors", ["cp", p("src.safetensors"), p("out-cp.safetensors")], p("out-cp.safetensors"), "bytes"),
         ("surgery safetensors->sharded", [*surgery_cmd(), "convert", p("src.safetensors"), p("out-st/model.safetensors"),
                                           "--max-shard-size", SHARD, "--quiet"], p("out-st"), "tensors"),
+        ("surgery DCP->sharded", [*surgery_cmd(), "convert", p("ckpt"), p("out-j1/model.safetensors"),
+                                  "--max-shard-size", SHARD, "--quiet"], p("out-j1"), "tensors"),
+        ("surgery DCP->sharded --jobs 2", [*surgery_cmd(), "convert", p("ckpt"), p("out-j2/model.safetensors"),
+                                           "--max-shard-size", SHARD, "--jobs", "2", "--quiet"], p("out-j2"), "tensors"),
+        ("torchrun x2 surgery DCP->sharded", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                              "--nproc-per-node", "2", "-m", "surgery.cli", "convert", p("ckpt"),
+                                              p("out-r2/model.safetensors"), "--max-shard-size", SHARD, "--quiet"],
+         p("out-r2"), "tensors"),
     ]
 
 
@@ -232,6 +246,13 @@ def report(results: list[dict], count: int, total_gb: float, mode: str, repeat: 
     print(f"\nsafetensors -> sharded safetensors ({SHARD} shards) vs cp: {st['seconds'] / cps['seconds']:.2f}x "
           f"({ok(st['seconds'] / cps['seconds'])}), {st['synced'] / cps['synced']:.2f}x until on disk "
           f"({ok(st['synced'] / cps['synced'])}); goal <= {TARGET_RATIO}x; peak RSS {st['rss']:.0f} MiB")
+    one = by["surgery DCP->sharded"]
+    print(f"\nDCP -> sharded safetensors ({SHARD} shards), split across processes, as a ratio to one process "
+          "(time; +sync; peak RSS of the largest process):")
+    for name in ("surgery DCP->sharded --jobs 2", "torchrun x2 surgery DCP->sharded"):
+        r = by[name]
+        print(f"  {name:38} {r['seconds'] / one['seconds']:5.2f}  {r['synced'] / one['synced']:5.2f}  "
+              f"{r['rss'] / max(one['rss'], 1):6.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:

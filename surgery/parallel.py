@@ -194,8 +194,12 @@ class Ranks:
         return self.rank == 0
 
     def close(self) -> None:
+        """Leave together: a rank that tore down its connections while another still used them would abort it."""
         if self.owned and self.dist.is_initialized():
-            self.dist.destroy_process_group()
+            try:
+                self.dist.barrier()
+            finally:
+                self.dist.destroy_process_group()
 
     def _gather(self, value: Any) -> list[Any]:
         out: list[Any] = [None] * self.size
@@ -214,6 +218,8 @@ class Ranks:
             graph = read()
         except SurgeryError as e:
             problem = str(e)
+        except Exception as e:  # noqa: BLE001 (the others wait in the gather below: reach it)
+            problem = f"{type(e).__name__}: {e}"
         _raise_first(self._gather(problem))
         assert graph is not None
         return graph

@@ -7,6 +7,7 @@ other failure unless ``--debug`` asks for the traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -274,8 +275,30 @@ cli.add_command(check)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="surgery")
+    """Console-script entry point.
+
+    As a rank of a ``torchrun`` job, the process ends with ``os._exit`` once its output is
+    flushed: at a normal exit, torch.distributed's C++ threads can be torn down in an order
+    that aborts the process (``terminate called without an active exception``, seen once in
+    ten runs on torch 2.13), turning a finished job into a failed one. Everything surgery
+    writes is on disk by then (each file fsynced, the index renamed).
+    """
+    if "WORLD_SIZE" not in os.environ:   # not a torchrun rank: no need to import surgery.parallel to know
+        cli(prog_name="surgery")
+        return
+    from ..parallel import torchrun_world
+
+    if torchrun_world() is None:
+        cli(prog_name="surgery")
+        return
+    code: Any = 0
+    try:
+        cli(prog_name="surgery")
+    except SystemExit as e:
+        code = e.code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 if __name__ == "__main__":
