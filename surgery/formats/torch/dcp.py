@@ -34,7 +34,8 @@ from ...errors import fail, first_line
 from ...graph import LayerGraph, Param
 from ...io import atomic_folder, recover_folder
 from ...kinds import graph_of_params
-from .common import dtype_name, to_numpy
+from . import records
+from .common import dtype_name
 
 SUFFIXES: tuple[str, ...] = ()   # a folder: recognised by its .metadata
 METADATA = ".metadata"
@@ -79,14 +80,24 @@ def read_metadata(path: str) -> Any:
         raise fail(meta_path, f"not a readable DCP metadata file ({type(e).__name__}: {first_line(e)})") from None
 
 
+def scan_metadata(path: str) -> Any:
+    """The checkpoint's metadata as stand-in records, without importing torch (``records``): for reading."""
+    meta_path = os.path.join(path, METADATA)
+    try:
+        with open(meta_path, "rb") as f:
+            return records.load_metadata(f)
+    except Exception as e:  # noqa: BLE001 - any damage: one line naming the file
+        raise fail(meta_path, f"not a readable DCP metadata file ({type(e).__name__}: {first_line(e)})") from None
+
+
 def read(path: str, **_: Any) -> LayerGraph:
-    """Read a DCP folder's model tensors as a lazy LayerGraph, from the metadata alone."""
-    meta = read_metadata(path)
+    """Read a DCP folder's model tensors as a lazy LayerGraph, from the metadata alone (torch is not imported)."""
+    meta = scan_metadata(path)
     tensors = _tensor_entries(meta)
     model = model_root(meta)
     storage: dict[str, dict[tuple[int, ...], Any]] = {}
     for index, info in meta.storage_data.items():
-        storage.setdefault(index.fqn, {})[tuple(index.offset or ())] = info
+        storage.setdefault(index.fqn, {})[tuple(getattr(index, "offset", None) or ())] = info
     params, left_out, largest_chunk = {}, {}, 0
     for fqn, entry in tensors.items():
         if model is not None and not fqn.startswith(model + "."):
@@ -96,8 +107,8 @@ def read(path: str, **_: Any) -> LayerGraph:
         params[key] = _param(path, storage.get(fqn, {}), fqn, entry)
         itemsize = params[key].nbytes // max(params[key].numel, 1)
         largest_chunk = max([largest_chunk, *(math.prod(c.sizes) * itemsize for c in entry.chunks)])
-    # While a tensor is assembled, one chunk is held twice beside it: its bytes as read, and the loaded tensor.
-    graph = graph_of_params(params, path=path, format="dcp", meta={"read_overhead": 2 * largest_chunk})
+    # While a tensor is assembled, one chunk's bytes are held beside it (read, then put in place).
+    graph = graph_of_params(params, path=path, format="dcp", meta={"read_overhead": largest_chunk})
     graph.left_out.update(left_out)
     others = [fqn for fqn in meta.state_dict_metadata if fqn not in tensors]
     if others:
@@ -109,9 +120,7 @@ def read(path: str, **_: Any) -> LayerGraph:
 
 
 def _tensor_entries(meta: Any) -> dict[str, Any]:
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    return {fqn: m for fqn, m in meta.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
+    return {fqn: m for fqn, m in meta.state_dict_metadata.items() if records.kind(m) == "TensorStorageMetadata"}
 
 
 def model_root(meta: Any) -> str | None:
@@ -150,18 +159,14 @@ def _param(folder: str, storage: dict[tuple[int, ...], Any], fqn: str, entry: An
 
 
 def _read_chunk(path: str, offset: int, length: int, fqn: str) -> np.ndarray:
-    import torch
-
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(length)
-    if len(data) != length:
-        raise fail(path, f"{fqn}: the file ends {length - len(data)} bytes before this chunk does (truncated?)")
+    """One chunk's ``torch.save`` record, read without torch (``records.read_record``)."""
+    size = os.path.getsize(path)
+    if offset + length > size:
+        raise fail(path, f"{fqn}: the file ends {offset + length - size} bytes before this chunk does (truncated?)")
     try:
-        tensor = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return records.read_record(path, offset, length)
     except Exception as e:  # noqa: BLE001
         raise fail(path, f"{fqn}: not a readable chunk ({type(e).__name__}: {first_line(e)})") from None
-    return to_numpy(tensor)
 
 
 MULTI_FILE = True   # a folder: written beside the target, then renamed over it
