@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from tests.conftest import FIXTURES
 
 from .harness import Campaign, Worker
+from .dcp_mutants import FIXTURES as dcp_fixtures, dcp_mutants
 from .h5_mutants import FIXTURES as h5_fixtures, h5_mutants
 from .onnx_mutants import FIXTURES as onnx_fixtures, onnx_mutants
 from .safetensors_mutants import FIXTURES as safetensors_fixtures, safetensors_mutants
@@ -32,6 +33,7 @@ CAMPAIGNS = {
     "hdf5": (h5_mutants(), h5_fixtures, 300),
     "onnx": (onnx_mutants(), onnx_fixtures, 1000),
     "tf_checkpoint": (tf_mutants(), tf_fixtures, 800),
+    "dcp": (dcp_mutants(), dcp_fixtures, 600),
 }
 
 

@@ -85,9 +85,40 @@ def scan_metadata(path: str) -> Any:
     meta_path = os.path.join(path, METADATA)
     try:
         with open(meta_path, "rb") as f:
-            return records.load_metadata(f)
+            meta = records.load_metadata(f)
     except Exception as e:  # noqa: BLE001 - any damage: one line naming the file
         raise fail(meta_path, f"not a readable DCP metadata file ({type(e).__name__}: {first_line(e)})") from None
+    problem = _malformed(meta)
+    if problem:
+        raise fail(meta_path, f"not a readable DCP metadata file ({problem})")
+    return meta
+
+
+def _malformed(meta: Any) -> str | None:
+    """What in an unpickled ``Metadata`` is not shaped as DCP writes it (the fields this reader uses), or None."""
+    entries, storage = getattr(meta, "state_dict_metadata", None), getattr(meta, "storage_data", None)
+    if not isinstance(entries, dict) or not all(isinstance(k, str) for k in entries):
+        return "no state_dict_metadata naming the entries"
+    if not isinstance(storage, dict):
+        return "no storage_data placing the chunks"
+    for index, info in storage.items():
+        offset = getattr(index, "offset", None)
+        if not isinstance(getattr(index, "fqn", None), str) or not (offset is None or isinstance(offset, tuple)):
+            return f"a storage key that is not a tensor name and offsets: {index!r:.80}"
+    for fqn, entry in entries.items():
+        if records.kind(entry) != "TensorStorageMetadata":
+            continue
+        chunks = getattr(entry, "chunks", None)
+        if (not hasattr(getattr(entry, "properties", None), "dtype") or not isinstance(getattr(entry, "size", None), tuple)
+                or not isinstance(chunks, list)):
+            return f"{fqn}: a tensor entry without its dtype, size and chunks"
+        for chunk in chunks:
+            if not (isinstance(getattr(chunk, "offsets", None), tuple) and isinstance(getattr(chunk, "sizes", None), tuple)):
+                return f"{fqn}: a chunk without offsets and sizes"
+    planner = getattr(meta, "planner_data", None)
+    if planner is not None and not (isinstance(planner, dict) and all(isinstance(p, (tuple, list)) for p in planner.values())):
+        return "planner_data that is not a path for each entry"
+    return None
 
 
 def read(path: str, **_: Any) -> LayerGraph:
@@ -131,31 +162,79 @@ def model_root(meta: Any) -> str | None:
 
 
 def _param(folder: str, storage: dict[tuple[int, ...], Any], fqn: str, entry: Any) -> Param:
-    """A lazy tensor assembled from its chunks; ``storage`` maps each chunk's offsets to where its bytes are."""
-    shape = tuple(entry.size)
-    dtype = dtype_name(entry.properties.dtype)
-    for chunk in entry.chunks:
-        info = storage.get(tuple(chunk.offsets))
+    """A lazy tensor assembled from its chunks; ``storage`` maps each chunk's offsets to where its bytes are.
+
+    What the metadata claims is checked before anything is read: a shape of counts, chunks that lie
+    inside it, do not overlap and cover it exactly, each with a storage entry in an existing file.
+    """
+    from ... import dtypes
+
+    shape, chunks = _geometry(folder, fqn, entry)
+    dtype = dtype_name(getattr(entry.properties, "dtype", "?"))
+    if dtype not in dtypes.BY_NAME:
+        raise fail(folder, f"{fqn}: {METADATA} gives it the dtype {dtype!r}, which surgery does not know")
+    for offsets, _ in chunks:
+        info = storage.get(offsets)
         if info is None:
-            raise fail(folder, f"{fqn}: chunk at {list(chunk.offsets)} has no storage entry in {METADATA}")
+            raise fail(folder, f"{fqn}: chunk at {list(offsets)} has no storage entry in {METADATA}")
         if getattr(info, "transform_descriptors", None):
             raise fail(folder, f"{fqn}: chunks stored through {info.transform_descriptors} (compressed or "
                                "extension-encoded) are not supported")
+        if not (_is_count(getattr(info, "offset", None)) and _is_count(getattr(info, "length", None))
+                and isinstance(getattr(info, "relative_path", None), str)):
+            raise fail(folder, f"{fqn}: the storage entry of its chunk at {list(offsets)} is not a file range")
         if not os.path.isfile(os.path.join(folder, info.relative_path)):
             raise fail(folder, f"{fqn}: its data file {info.relative_path} is missing")
 
     def load() -> np.ndarray:
-        from ... import dtypes
-
         out = np.empty(shape, dtypes.get(dtype).numpy)
-        for chunk in entry.chunks:
-            info = storage[tuple(chunk.offsets)]
-            piece = _read_chunk(os.path.join(folder, info.relative_path), info.offset, info.length, fqn)
-            where = tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes))
-            out[where] = piece.reshape(tuple(chunk.sizes))
+        for offsets, sizes in chunks:
+            info = storage[offsets]
+            path = os.path.join(folder, info.relative_path)
+            piece = _read_chunk(path, info.offset, info.length, fqn)
+            if piece.shape != sizes or dtypes.of_array(piece) != dtype:
+                raise fail(path, f"{fqn}: the chunk at {list(offsets)} holds {dtypes.of_array(piece)}"
+                                 f"{list(piece.shape)}, {METADATA} says {dtype}{list(sizes)}")
+            out[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))] = piece
         return out
 
     return Param(shape, dtype, load, key=fqn)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _geometry(folder: str, fqn: str, entry: Any) -> tuple[tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """The tensor's shape and its chunks' ``(offsets, sizes)``, checked to tile the shape exactly."""
+    def bad(problem: str) -> Exception:
+        return fail(folder, f"{fqn}: {METADATA} {problem}")
+
+    shape = tuple(getattr(entry, "size", None) or ())
+    if not all(_is_count(d) for d in shape) or math.prod(shape) > 2**50:
+        raise bad(f"gives it the shape {list(shape)!r:.80}, not a tensor's")
+    chunks = []
+    for chunk in getattr(entry, "chunks", None) or []:
+        offsets, sizes = tuple(getattr(chunk, "offsets", ())), tuple(getattr(chunk, "sizes", ()))
+        if (len(offsets) != len(shape) or len(sizes) != len(shape) or not all(map(_is_count, offsets + sizes))
+                or any(o + s > d for o, s, d in zip(offsets, sizes, shape))):
+            raise bad(f"places a chunk at {list(offsets)!r:.60} of size {list(sizes)!r:.60} outside its shape "
+                      f"{list(shape)}")
+        chunks.append((offsets, sizes))
+    if sum(math.prod(s) for _, s in chunks) != math.prod(shape) or not chunks:
+        raise bad(f"gives it chunks of {sum(math.prod(s) for _, s in chunks)} elements in all for a shape of "
+                  f"{math.prod(shape)}")
+    if len(chunks) > 1 and math.prod(shape):
+        starts = np.array([o for o, _ in chunks], dtype=np.int64)
+        ends = starts + np.array([s for _, s in chunks], dtype=np.int64)
+        overlap = np.all((starts[:, None, :] < ends[None, :, :]) & (starts[None, :, :] < ends[:, None, :]), axis=2)
+        np.fill_diagonal(overlap, False)
+        empty = np.any(starts == ends, axis=1)
+        overlap[empty, :] = overlap[:, empty] = False
+        if overlap.any():
+            i, j = np.argwhere(overlap)[0]
+            raise bad(f"gives it overlapping chunks at {list(chunks[i][0])} and {list(chunks[j][0])}")
+    return shape, chunks
 
 
 def _read_chunk(path: str, offset: int, length: int, fqn: str) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import struct
 import zipfile
 from typing import Any, NamedTuple
@@ -120,7 +121,25 @@ class _MetadataUnpickler(_Unpickler):
 
 def load_metadata(f: Any) -> Any:
     """A DCP ``.metadata`` pickle as records (``state_dict_metadata``, ``storage_data``, ``planner_data``)."""
-    return _MetadataUnpickler(f).load()
+    data = f.read()
+    _check_memo(data)
+    return _MetadataUnpickler(io.BytesIO(data)).load()
+
+
+_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+def _check_memo(data: bytes) -> None:
+    """Refuse a pickle that stores into its memo far past what it has built.
+
+    Python's unpickler grows its memo to the index a ``PUT`` names: one op naming slot 700
+    million makes it allocate gigabytes (and take minutes). A pickler numbers its memo in
+    order, so no index may exceed the count of opcodes before it. Scanned with pickletools,
+    which builds nothing.
+    """
+    for count, (op, arg, pos) in enumerate(pickletools.genops(data)):
+        if op.name in _PUTS and isinstance(arg, int) and arg > count:
+            raise pickle.UnpicklingError(f"a memo index of {arg} at byte {pos}, after {count} opcodes")
 
 
 def kind(record: Any) -> str:
@@ -219,7 +238,9 @@ def read_record(path: str, offset: int, length: int) -> np.ndarray:
             prefix = pkl[: -len("data.pkl")]
             if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() not in (b"little", b""):
                 raise ValueError("a big-endian record")
-            tensor = _RecordUnpickler(io.BytesIO(archive.read(pkl))).load()
+            pickled = archive.read(pkl)
+            _check_memo(pickled)
+            tensor = _RecordUnpickler(io.BytesIO(pickled)).load()
             if not isinstance(tensor, _TensorRef):
                 raise ValueError(f"the record holds {type(tensor).__name__}, not one tensor")
             info = archive.getinfo(f"{prefix}data/{tensor.storage.key}")
