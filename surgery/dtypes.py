@@ -105,7 +105,11 @@ def of_array(arr: np.ndarray) -> str:
 
 
 def itemsize(name: str) -> int:
-    return get(name).numpy.itemsize
+    """Bytes per element; the ``ml_dtypes`` types' without importing ``ml_dtypes`` (a header read needs no data type)."""
+    row = get(name)
+    if row.extension and row._numpy is None:
+        return 2 if name == "bfloat16" else 1   # bfloat16; every float8 (and each is one byte in numpy)
+    return row.numpy.itemsize
 
 
 def is_floating(name: str) -> bool:
