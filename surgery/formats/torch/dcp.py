@@ -144,10 +144,29 @@ def read(path: str, **_: Any) -> LayerGraph:
     others = [fqn for fqn in meta.state_dict_metadata if fqn not in tensors]
     if others:
         graph.notes.append(f"{len(others)} non-tensor entries (pickled values: {', '.join(others[:3])}...) not read")
+    megatron = _megatron_backend(path)
+    if megatron:
+        stacked = [k for k in params if ".layers." in f".{k}" and params[k].shape]
+        graph.meta["megatron"] = megatron
+        graph.notes.append(f"a Megatron-Core {megatron} checkpoint: read as its DCP metadata describes it, the "
+                           f"transformer layers stacked on a leading layer axis ({len(stacked)} tensors such as "
+                           f"{stacked[0] if stacked else '-'}); common.pt (iteration, arguments) is a pickle, not read")
     if model:
         graph.notes.append(f"the model's tensors are under {model!r}; {len(left_out)} other tensors left out, "
                            "and kept with every other entry when written back as DCP")
     return graph
+
+
+def _megatron_backend(path: str) -> str | None:
+    """``torch_dist`` when ``metadata.json`` says Megatron-Core's ``dist_checkpointing`` wrote the folder."""
+    import json
+
+    try:
+        with open(os.path.join(path, "metadata.json"), encoding="utf-8") as f:
+            backend = json.load(f).get("sharded_backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return backend if isinstance(backend, str) else None
 
 
 def _tensor_entries(meta: Any) -> dict[str, Any]:
