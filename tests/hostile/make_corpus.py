@@ -355,6 +355,29 @@ def make_zero() -> None:
     edited(copy("zero_pickle_os_system"), 0, lambda state: state.update(boom=_Boom()))
 
 
+def make_dcp() -> None:
+    """DCP folders (the trainer checkpoint of fixtures/torch/dcp_trainer) whose metadata the fuzzer broke:
+    a pickle storing into memo slot 688,482,452 (Python's unpickler would allocate gigabytes), and a chunk
+    placed outside its tensor's shape."""
+    import dataclasses
+    import pickle
+    import struct
+
+    def copy(name: str) -> pathlib.Path:
+        shutil.copytree(FIX / "torch" / "dcp_trainer", OUT / name)
+        return OUT / name
+
+    bomb = copy("dcp_memo_bomb") / ".metadata"
+    bomb.write_bytes(b"\x80\x04N" + b"r" + struct.pack("<I", 688_482_452) + b".")   # NONE, LONG_BINPUT, STOP
+
+    meta_path = copy("dcp_chunk_outside") / ".metadata"
+    meta = pickle.loads(meta_path.read_bytes())   # our own fixture, written by torch: trusted
+    entry = meta.state_dict_metadata["model.classifier.1.weight"]
+    first = entry.chunks[0]
+    entry.chunks[0] = dataclasses.replace(first, sizes=type(first.sizes)([first.sizes[0] + 1, *first.sizes[1:]]))
+    meta_path.write_bytes(pickle.dumps(meta))
+
+
 class _Boom:
     def __reduce__(self):
         return (os.system, (f"touch {MARKER}",))
@@ -371,6 +394,7 @@ def main() -> None:
     make_tf()
     make_libhdf5()
     make_zero()
+    make_dcp()
     print(f"{sum(1 for _ in OUT.iterdir())} corpus entries in {OUT}", file=sys.stderr)
 
 
