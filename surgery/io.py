@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import IO, TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -273,13 +273,15 @@ def progress(total: int, *, desc: str, unit: str = "B", quiet: bool = False):
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=disable, file=sys.stderr, leave=False)
 
 
-def span_loader(path: str, offset: int, nbytes: int, np_dtype: np.dtype,
+def span_loader(path: str, offset: int, nbytes: int, np_dtype: Any,
                 shape: Sequence[int]) -> Callable[[], np.ndarray]:
     """A loader that reads one tensor's bytes from a file span into a fresh buffer.
 
     A plain read keeps peak memory at one tensor: pages of a long-lived mmap
     would count towards the process's resident size until unmapped. Used for
-    safetensors and for the records of a PyTorch zip checkpoint.
+    safetensors and for the records of a PyTorch zip checkpoint. ``np_dtype`` may
+    be a ``dtypes.DType`` row, resolved only when the data is read (a header read
+    then never imports ``ml_dtypes``).
     """
     def load() -> np.ndarray:
         buf = np.empty(nbytes, dtype=np.uint8)
@@ -288,7 +290,7 @@ def span_loader(path: str, offset: int, nbytes: int, np_dtype: np.dtype,
             got = f.readinto(memoryview(buf))
         if got != nbytes:
             raise FormatError(f"{path}: file ended after {got} of {nbytes} bytes of a tensor (truncated?)")
-        return buf.view(np_dtype).reshape(shape)
+        return buf.view(getattr(np_dtype, "numpy", np_dtype)).reshape(shape)
 
     return load
 

@@ -98,7 +98,7 @@ def _check_entry(path: str, name: str, entry: Any, data_size: int) -> None:
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(_is_count(o) for o in offsets) or not offsets[0] <= offsets[1]):
         raise fail(path, f"tensor {name!r}: data_offsets {offsets!r} are not [begin, end]")
-    expected = math.prod(shape) * dtypes.BY_SAFETENSORS[code].numpy.itemsize
+    expected = math.prod(shape) * dtypes.itemsize(dtypes.BY_SAFETENSORS[code].name)
     if offsets[1] - offsets[0] != expected:
         raise fail(path, f"tensor {name!r}: shape {shape} of {code} needs {expected} bytes "
                          f"but data_offsets span {offsets[1] - offsets[0]}")
@@ -126,7 +126,7 @@ def _read_file(path: str) -> tuple[dict[str, Param], dict[str, str]]:
         dtype = dtypes.BY_SAFETENSORS[entry["dtype"]]
         begin, end = entry["data_offsets"]
         params[name] = Param(
-            entry["shape"], dtype.name, span_loader(path, start + begin, end - begin, dtype.numpy, entry["shape"]),
+            entry["shape"], dtype.name, span_loader(path, start + begin, end - begin, dtype, entry["shape"]),
             key=name, ident=(os.path.realpath(path), begin), span=Span(path, start + begin, end - begin),
         )
     return params, metadata
