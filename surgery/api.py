@@ -176,10 +176,10 @@ def _convert_by_ranks(src: Any, out: "str | os.PathLike", *, max_shard_size: int
     try:
         graph = team.agree(read)
         if not team.leads:
-            team.follow(graph)
+            team.follow()
             return []
-        return team.lead(graph, lambda split: save(graph, out, max_shard_size=max_shard_size, quiet=quiet,
-                                                   source=graph.path, split=split))
+        return team.lead(lambda split: save(graph, out, max_shard_size=max_shard_size, quiet=quiet,
+                                            source=graph.path, split=split))
     finally:
         team.close()
 

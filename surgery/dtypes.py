@@ -23,13 +23,15 @@ class DType:
     every command would pay at start-up if the table resolved it eagerly.
     """
 
-    __slots__ = ("name", "safetensors", "_spec", "_numpy")
+    __slots__ = ("name", "safetensors", "_spec", "_numpy", "itemsize")
 
-    def __init__(self, name: str, safetensors: str, spec: str) -> None:
+    def __init__(self, name: str, safetensors: str, spec: str, itemsize: int | None = None) -> None:
         self.name = name              # surgery's own name, also the torch attribute name
         self.safetensors = safetensors  # the code in a safetensors header
         self._spec = spec             # "numpy:float32" or "ml_dtypes:bfloat16"
         self._numpy: np.dtype | None = None
+        # bytes per element: given for the ml_dtypes rows, so sizing a header never imports ml_dtypes
+        self.itemsize = itemsize if itemsize is not None else self.numpy.itemsize
 
     @property
     def numpy(self) -> np.dtype:
@@ -53,12 +55,12 @@ TABLE: tuple[DType, ...] = (
     DType("float64", "F64", "numpy:float64"),
     DType("float32", "F32", "numpy:float32"),
     DType("float16", "F16", "numpy:float16"),
-    DType("bfloat16", "BF16", "ml_dtypes:bfloat16"),
-    DType("float8_e4m3fn", "F8_E4M3", "ml_dtypes:float8_e4m3fn"),
-    DType("float8_e5m2", "F8_E5M2", "ml_dtypes:float8_e5m2"),
-    DType("float8_e4m3fnuz", "F8_E4M3FNUZ", "ml_dtypes:float8_e4m3fnuz"),
-    DType("float8_e5m2fnuz", "F8_E5M2FNUZ", "ml_dtypes:float8_e5m2fnuz"),
-    DType("float8_e8m0fnu", "F8_E8M0", "ml_dtypes:float8_e8m0fnu"),
+    DType("bfloat16", "BF16", "ml_dtypes:bfloat16", 2),
+    DType("float8_e4m3fn", "F8_E4M3", "ml_dtypes:float8_e4m3fn", 1),
+    DType("float8_e5m2", "F8_E5M2", "ml_dtypes:float8_e5m2", 1),
+    DType("float8_e4m3fnuz", "F8_E4M3FNUZ", "ml_dtypes:float8_e4m3fnuz", 1),
+    DType("float8_e5m2fnuz", "F8_E5M2FNUZ", "ml_dtypes:float8_e5m2fnuz", 1),
+    DType("float8_e8m0fnu", "F8_E8M0", "ml_dtypes:float8_e8m0fnu", 1),
     DType("complex64", "C64", "numpy:complex64"),
     DType("int64", "I64", "numpy:int64"),
     DType("int32", "I32", "numpy:int32"),
@@ -105,11 +107,8 @@ def of_array(arr: np.ndarray) -> str:
 
 
 def itemsize(name: str) -> int:
-    """Bytes per element; the ``ml_dtypes`` types' without importing ``ml_dtypes`` (a header read needs no data type)."""
-    row = get(name)
-    if row.extension and row._numpy is None:
-        return 2 if name == "bfloat16" else 1   # bfloat16; every float8 (and each is one byte in numpy)
-    return row.numpy.itemsize
+    """Bytes per element (from the table: sizing a header imports no ``ml_dtypes``)."""
+    return get(name).itemsize
 
 
 def is_floating(name: str) -> bool:

@@ -104,19 +104,19 @@ def plan_write(graph: LayerGraph, path: str | os.PathLike, *, max_shard_size: in
 def _shares(graph: LayerGraph, files: list[PlannedFile], max_shard_size: int, processes: int, module: Any,
             sources: list[LayerGraph], copied: bool) -> list[ProcessShare]:
     """Each process's shards, bytes and peak memory when ``processes`` split a sharded write."""
-    from .formats.safetensors import ShardWork, plan_shards
+    from .formats.safetensors import plan_shards, shard_work
     from .parallel import assign
 
     if processes <= 1:
         return []
     shards = plan_shards(graph, max_shard_size)
-    work = [ShardWork(f.path, [k for k, _ in shard], f.nbytes) for f, shard in zip(files, shards)]
+    sizes = {f.path: f.nbytes for f in files[:len(shards)]}   # the shard files; the index comes last
     table = dict(graph.tensors())
     shares = []
-    for part in assign(work, processes):
+    for part in assign(shard_work(list(sizes), shards), processes):
         tensors = [(k, table[k]) for shard in part for k in shard.keys]
         peak = _memory(tensors, "safetensors", module, sources, copied)[0]
-        shares.append(ProcessShare(len(part), sum(p.nbytes for _, p in tensors), sum(s.nbytes for s in part), peak))
+        shares.append(ProcessShare(len(part), sum(s.nbytes for s in part), sum(sizes[s.path] for s in part), peak))
     return shares
 
 

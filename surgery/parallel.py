@@ -74,9 +74,8 @@ def assign(work: list[ShardWork], count: int) -> list[list[ShardWork]]:
 Expected = list[tuple[str, tuple[int, ...], str]]
 
 
-def expected(graph: LayerGraph, shard: ShardWork) -> Expected:
-    """What each key of a shard holds in the reading that planned it: another reading must agree."""
-    table = dict(graph.tensors())
+def expected(table: dict[str, Param], shard: ShardWork) -> Expected:
+    """What each key of a shard holds in the reading that planned it (``table``): another reading must agree."""
     return [(key, table[key].shape, table[key].dtype) for key in shard.keys]
 
 
@@ -138,7 +137,7 @@ class Workers:
     """Writes the shards with ``jobs`` spawned worker processes, the largest shards first."""
 
     def __init__(self, graph: LayerGraph, source: Source, jobs: int) -> None:
-        self.graph, self.source, self.jobs = graph, source, jobs
+        self.table, self.source, self.jobs = dict(graph.tensors()), source, jobs
 
     def __call__(self, work: list[ShardWork], progress: Progress = lambda n: None) -> None:
         if not work:
@@ -147,7 +146,7 @@ class Workers:
         error: BaseException | None = None
         with ProcessPoolExecutor(min(self.jobs, len(work)), mp_context=context, initializer=_bound_to_parent,
                                  initargs=(os.getpid(),)) as pool:
-            pending = {pool.submit(_work, self.source, shard, expected(self.graph, shard))
+            pending = {pool.submit(_work, self.source, shard, expected(self.table, shard))
                        for shard in sorted(work, key=lambda w: -w.nbytes)}
             while pending and error is None:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -186,7 +185,8 @@ class Ranks:
         if self.owned:
             dist.init_process_group("gloo")
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
-        self.graph: LayerGraph | None = None
+        self.table: dict[str, Param] = {}   # this rank's reading of the source (``agree``)
+        self.path = "?"
         self._sent = False
 
     @property
@@ -222,24 +222,24 @@ class Ranks:
             problem = f"{type(e).__name__}: {e}"
         _raise_first(self._gather(problem))
         assert graph is not None
+        self.table, self.path = dict(graph.tensors()), graph.path or "?"
         return graph
 
     def __call__(self, work: list[ShardWork], progress: Progress = lambda n: None) -> None:
         """Rank 0: deal the shards, write its own, wait for every rank's outcome."""
         parts = assign(work, self.size)
-        graph = self.graph
-        self._broadcast([[(shard, expected(graph, shard)) for shard in part] for part in parts])
+        dealt = [[(shard, expected(self.table, shard)) for shard in part] for part in parts]
+        self._broadcast(dealt)
         self._sent = True
-        problem = self._write(parts[0], progress)
+        problem = self._write(dealt[0], progress)
         outcomes = self._gather(problem)
         for part, outcome in zip(parts[1:], outcomes[1:]):
             if outcome is None:
                 progress(sum(shard.nbytes for shard in part))
         _raise_first(outcomes)
 
-    def lead(self, graph: LayerGraph, run: Callable[["Ranks"], list[str]]) -> list[str]:
+    def lead(self, run: Callable[["Ranks"], list[str]]) -> list[str]:
         """Rank 0: ``run`` the write with this as its shard writer, then tell the others how it ended."""
-        self.graph = graph
         try:
             files = run(self)
         except BaseException as e:
@@ -249,30 +249,25 @@ class Ranks:
         return files
 
     def _end(self, problem: str | None) -> None:
-        if not self._sent:  # stopped before dealing the work: the others wait for it
-            self._broadcast(problem or "rank 0 ended before dealing out the shards")
-        else:
-            self._broadcast(problem)
+        if not self._sent:  # stopped before dealing the work: the others wait for it, and take a str as the end
+            problem = problem or "rank 0 ended before dealing out the shards"
+        self._broadcast(problem)
 
-    def follow(self, graph: LayerGraph) -> None:
+    def follow(self) -> None:
         """Any other rank: write the shards rank 0 deals to it, report, and learn how the write ended."""
-        self.graph = graph
         dealt = self._broadcast(None)
         if isinstance(dealt, str):
             raise SurgeryError(dealt)
-        mine = dealt[self.rank]
-        self._gather(self._write([shard for shard, _ in mine], lambda n: None, {s.path: w for s, w in mine}))
+        self._gather(self._write(dealt[self.rank], lambda n: None))
         ended = self._broadcast(None)
         if ended is not None:
             raise SurgeryError(ended)
 
-    def _write(self, shards: list[ShardWork], progress: Progress, wants: dict[str, Expected] | None = None) -> str | None:
+    def _write(self, mine: list[tuple[ShardWork, Expected]], progress: Progress) -> str | None:
         """This rank's shards, written; the problem as a message for the others, or None."""
-        table = dict(self.graph.tensors())
         try:
-            for shard in shards:
-                want = wants[shard.path] if wants is not None else expected(self.graph, shard)
-                write_planned(table, self.graph.path or "?", shard, want)
+            for shard, want in mine:
+                write_planned(self.table, self.path, shard, want)
                 progress(shard.nbytes)
         except SurgeryError as e:
             return f"rank {self.rank}: {e}"

@@ -283,12 +283,7 @@ def main() -> None:
     ten runs on torch 2.13), turning a finished job into a failed one. Everything surgery
     writes is on disk by then (each file fsynced, the index renamed).
     """
-    if "WORLD_SIZE" not in os.environ:   # not a torchrun rank: no need to import surgery.parallel to know
-        cli(prog_name="surgery")
-        return
-    from ..parallel import torchrun_world
-
-    if torchrun_world() is None:
+    if "WORLD_SIZE" not in os.environ or _torchrun_world() is None:   # the env check spares the import
         cli(prog_name="surgery")
         return
     code: Any = 0
@@ -299,6 +294,12 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
+def _torchrun_world() -> tuple[int, int] | None:
+    from ..parallel import torchrun_world
+
+    return torchrun_world()
 
 
 if __name__ == "__main__":

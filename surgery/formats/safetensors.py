@@ -93,12 +93,12 @@ def _check_entry(path: str, name: str, entry: Any, data_size: int) -> None:
     code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(code, str) or code not in dtypes.BY_SAFETENSORS:
         raise fail(path, f"tensor {name!r}: unknown dtype {code!r}")
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+    if not isinstance(shape, list) or not all(is_count(d) for d in shape):
         raise fail(path, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
     if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(_is_count(o) for o in offsets) or not offsets[0] <= offsets[1]):
+            or not all(is_count(o) for o in offsets) or not offsets[0] <= offsets[1]):
         raise fail(path, f"tensor {name!r}: data_offsets {offsets!r} are not [begin, end]")
-    expected = math.prod(shape) * dtypes.itemsize(dtypes.BY_SAFETENSORS[code].name)
+    expected = math.prod(shape) * dtypes.BY_SAFETENSORS[code].itemsize
     if offsets[1] - offsets[0] != expected:
         raise fail(path, f"tensor {name!r}: shape {shape} of {code} needs {expected} bytes "
                          f"but data_offsets span {offsets[1] - offsets[0]}")
@@ -107,8 +107,8 @@ def _check_entry(path: str, name: str, entry: Any, data_size: int) -> None:
                          f"{data_size}-byte data section (truncated?)")
 
 
-def _is_count(value: Any) -> bool:
-    """A JSON non-negative integer; ``true`` is an int to Python, not to the safetensors format."""
+def is_count(value: Any) -> bool:
+    """A non-negative integer, as a header (JSON) or a metadata pickle gives one; ``True`` is not one."""
     return type(value) is int and value >= 0
 
 
@@ -307,8 +307,7 @@ def write_sharded(graph: LayerGraph, path: str, max_shard_size: int, *,
                 for name, tensors in zip(names, shards):
                     write_shard(name, tensors)
             else:
-                write_shards([ShardWork(name, [key for key, _ in tensors], sum(p.nbytes for _, p in tensors))
-                              for name, tensors in zip(names, shards)])
+                write_shards(shard_work(names, shards))
         except BaseException:
             for name in names:  # not yet named by any index: nobody's data
                 if os.path.lexists(name):
@@ -330,6 +329,12 @@ class ShardWork(NamedTuple):
 
 
 WriteShards = Callable[[list[ShardWork]], None]
+
+
+def shard_work(names: list[str], shards: list[list[tuple[str, Param]]]) -> list[ShardWork]:
+    """The shards of ``plan_shards`` under their file names, as the processes of a split write get them."""
+    return [ShardWork(name, [key for key, _ in tensors], sum(p.nbytes for _, p in tensors))
+            for name, tensors in zip(names, shards)]
 
 
 def write_shard(path: str, tensors: list[tuple[str, Param]]) -> None:

@@ -159,8 +159,8 @@ def _check_size(key: str, dtype: str, dims: list[int], size: int, shown: str) ->
     """
     row = dtypes.BY_NAME.get(dtype)
     count = math.prod(dims)
-    if row is not None and count * row.numpy.itemsize != size:
-        raise fail(shown, f"tensor {key!r}: shape {dims} of {dtype} needs {count * row.numpy.itemsize} bytes, "
+    if row is not None and count * row.itemsize != size:
+        raise fail(shown, f"tensor {key!r}: shape {dims} of {dtype} needs {count * row.itemsize} bytes, "
                           f"the index gives it {size}")
     if row is None and count > size:
         raise fail(shown, f"tensor {key!r}: shape {dims} of {dtype} needs at least {count} bytes (one per "

@@ -34,6 +34,7 @@ from ...errors import fail, first_line
 from ...graph import LayerGraph, Param
 from ...io import atomic_folder, recover_folder
 from ...kinds import graph_of_params
+from ..safetensors import is_count
 from . import records
 from .common import dtype_name
 
@@ -189,7 +190,7 @@ def _param(folder: str, storage: dict[tuple[int, ...], Any], fqn: str, entry: An
     from ... import dtypes
 
     shape, chunks = _geometry(folder, fqn, entry)
-    dtype = dtype_name(getattr(entry.properties, "dtype", "?"))
+    dtype = dtype_name(entry.properties.dtype)   # present: checked by ``_malformed``
     if dtype not in dtypes.BY_NAME:
         raise fail(folder, f"{fqn}: {METADATA} gives it the dtype {dtype!r}, which surgery does not know")
     for offsets, _ in chunks:
@@ -199,7 +200,7 @@ def _param(folder: str, storage: dict[tuple[int, ...], Any], fqn: str, entry: An
         if getattr(info, "transform_descriptors", None):
             raise fail(folder, f"{fqn}: chunks stored through {info.transform_descriptors} (compressed or "
                                "extension-encoded) are not supported")
-        if not (_is_count(getattr(info, "offset", None)) and _is_count(getattr(info, "length", None))
+        if not (is_count(getattr(info, "offset", None)) and is_count(getattr(info, "length", None))
                 and isinstance(getattr(info, "relative_path", None), str)):
             raise fail(folder, f"{fqn}: the storage entry of its chunk at {list(offsets)} is not a file range")
         if not os.path.isfile(os.path.join(folder, info.relative_path)):
@@ -220,22 +221,18 @@ def _param(folder: str, storage: dict[tuple[int, ...], Any], fqn: str, entry: An
     return Param(shape, dtype, load, key=fqn)
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _geometry(folder: str, fqn: str, entry: Any) -> tuple[tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, ...]]]]:
     """The tensor's shape and its chunks' ``(offsets, sizes)``, checked to tile the shape exactly."""
     def bad(problem: str) -> Exception:
         return fail(folder, f"{fqn}: {METADATA} {problem}")
 
     shape = tuple(getattr(entry, "size", None) or ())
-    if not all(_is_count(d) for d in shape) or math.prod(shape) > 2**50:
+    if not all(is_count(d) for d in shape) or math.prod(shape) > 2**50:
         raise bad(f"gives it the shape {list(shape)!r:.80}, not a tensor's")
     chunks = []
     for chunk in getattr(entry, "chunks", None) or []:
         offsets, sizes = tuple(getattr(chunk, "offsets", ())), tuple(getattr(chunk, "sizes", ()))
-        if (len(offsets) != len(shape) or len(sizes) != len(shape) or not all(map(_is_count, offsets + sizes))
+        if (len(offsets) != len(shape) or len(sizes) != len(shape) or not all(map(is_count, offsets + sizes))
                 or any(o + s > d for o, s, d in zip(offsets, sizes, shape))):
             raise bad(f"places a chunk at {list(offsets)!r:.60} of size {list(sizes)!r:.60} outside its shape "
                       f"{list(shape)}")

@@ -247,7 +247,7 @@ def _param(key: str, tensor: Any, path: str, offset: int | None) -> Param:
     ident = storage_ident(tensor)
     if offset is None:
         return Param(tensor.shape, dtype, lambda: to_numpy(tensor), key=key, ident=ident)
-    nbytes = tensor.numel() * row.numpy.itemsize
+    nbytes = tensor.numel() * row.itemsize
     load = span_loader(path, offset, nbytes, row.numpy, tuple(tensor.shape))
     return Param(tensor.shape, dtype, load, key=key, ident=ident, span=Span(path, offset, nbytes))
 
