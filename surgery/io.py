@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -31,6 +31,7 @@ except ImportError:  # Windows: no flock, so nothing left behind can be told apa
 
 if TYPE_CHECKING:
     from .graph import Span
+    from .dtypes import DType
 
 _CHUNK = 1 << 20
 # A writer locks its temporary file right after creating it, before writing a byte: an empty, unlocked
@@ -273,15 +274,14 @@ def progress(total: int, *, desc: str, unit: str = "B", quiet: bool = False):
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=disable, file=sys.stderr, leave=False)
 
 
-def span_loader(path: str, offset: int, nbytes: int, np_dtype: Any,
+def span_loader(path: str, offset: int, nbytes: int, dtype: "DType",
                 shape: Sequence[int]) -> Callable[[], np.ndarray]:
     """A loader that reads one tensor's bytes from a file span into a fresh buffer.
 
     A plain read keeps peak memory at one tensor: pages of a long-lived mmap
     would count towards the process's resident size until unmapped. Used for
-    safetensors and for the records of a PyTorch zip checkpoint. ``np_dtype`` may
-    be a ``dtypes.DType`` row, resolved only when the data is read (a header read
-    then never imports ``ml_dtypes``).
+    safetensors and for the records of a PyTorch zip checkpoint. The row's numpy
+    type is resolved only when the data is read (a header read imports no ``ml_dtypes``).
     """
     def load() -> np.ndarray:
         buf = np.empty(nbytes, dtype=np.uint8)
@@ -290,7 +290,7 @@ def span_loader(path: str, offset: int, nbytes: int, np_dtype: Any,
             got = f.readinto(memoryview(buf))
         if got != nbytes:
             raise FormatError(f"{path}: file ended after {got} of {nbytes} bytes of a tensor (truncated?)")
-        return buf.view(getattr(np_dtype, "numpy", np_dtype)).reshape(shape)
+        return buf.view(dtype.numpy).reshape(shape)
 
     return load
 

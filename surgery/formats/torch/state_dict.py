@@ -248,7 +248,7 @@ def _param(key: str, tensor: Any, path: str, offset: int | None) -> Param:
     if offset is None:
         return Param(tensor.shape, dtype, lambda: to_numpy(tensor), key=key, ident=ident)
     nbytes = tensor.numel() * row.itemsize
-    load = span_loader(path, offset, nbytes, row.numpy, tuple(tensor.shape))
+    load = span_loader(path, offset, nbytes, row, tuple(tensor.shape))
     return Param(tensor.shape, dtype, load, key=key, ident=ident, span=Span(path, offset, nbytes))
 
 
