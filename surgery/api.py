@@ -128,11 +128,12 @@ def convert(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None = 
     Returns the files written. The format comes from ``out``'s suffix.
 
     Args:
-        jobs: worker processes that write the shards of a sharded safetensors output
-            (``max_shard_size``), each shard read, converted and written by one; the index
-            is written last, by this process.
+        jobs: worker processes that write a safetensors output: each shard of a sharded
+            one (``max_shard_size``), or each part of a single file, read, converted and
+            written by one; the index (or the file's header) is written by this process,
+            which commits the output last.
         ranks: this process is one rank of a ``torchrun`` job (``torch.distributed``, gloo):
-            the ranks split the shards, rank 0 writes the index. Every rank must call
+            the ranks split the shards or parts, rank 0 commits. Every rank must call
             ``convert`` with the same arguments; rank 0 returns the files, the others ``[]``.
             Not automatic in the API: a script that converts on rank 0 only would wait forever.
 
@@ -141,7 +142,7 @@ def convert(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None = 
         >>> surgery.convert("ckpt/step-1000/", "hf/model.safetensors", max_shard_size=5 * 10**9, jobs=4)  # doctest: +SKIP
     """
     if jobs > 1 or ranks:
-        _splittable(out, max_shard_size, "under torchrun" if ranks else f"--jobs {jobs}")
+        _splittable(out, "under torchrun" if ranks else f"--jobs {jobs}")
     if ranks:
         return _convert_by_ranks(src, out, max_shard_size=max_shard_size, quiet=quiet, unsafe_pickle=unsafe_pickle)
     if not isinstance(src, LayerGraph):
@@ -155,12 +156,13 @@ def convert(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None = 
     return save(graph, out, max_shard_size=max_shard_size, quiet=quiet, source=graph.path, split=split)
 
 
-def _splittable(out: "str | os.PathLike", max_shard_size: int | None, how: str) -> None:
-    """Refuse, before any work, a split write that would have nothing to split."""
-    if max_shard_size and formats.for_output(os.fspath(out)) == "safetensors":
+def _splittable(out: "str | os.PathLike", how: str) -> None:
+    """Refuse, before any work, a split write of an output that is not split."""
+    if formats.for_output(os.fspath(out)) == "safetensors":
         return
-    raise SurgeryError(f"{os.fspath(out)}: {how} splits the shards of a sharded safetensors output between "
-                       "processes: name a .safetensors output with --max-shard-size SIZE, or run it as one process")
+    raise SurgeryError(f"{os.fspath(out)}: {how} splits the writing of a safetensors output (one file, or its "
+                       "shards with --max-shard-size) between processes: name a .safetensors output, or run it "
+                       "as one process")
 
 
 def _convert_by_ranks(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None, quiet: bool,
@@ -196,7 +198,7 @@ def convert_plan(src: Any, out: "str | os.PathLike", *, max_shard_size: int | No
         >>> print(surgery.convert_plan("ckpt/step-1000", "hf/model.safetensors", max_shard_size=5 * 10**9))  # doctest: +SKIP
     """
     if processes > 1:
-        _splittable(out, max_shard_size, f"splitting the work across {processes} processes")
+        _splittable(out, f"splitting the work across {processes} processes")
     graph = load(src, unsafe_pickle=unsafe_pickle)
     if graph.path:
         refuse_overwrite(graph.path, out)

@@ -127,8 +127,9 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
     copied tensors that never pass through this process are counted and hashed from
     the same bytes.
 
-    ``split`` writes the shards of a sharded safetensors output in other processes
-    (``surgery.parallel``): it is called with the shards and a progress callback.
+    ``split`` writes a safetensors output's shards, or a single file's parts, in other
+    processes (``surgery.parallel``): it is called with the parts and a progress callback,
+    and says how many processes share them (``split.processes``).
     """
     path = os.fspath(path)
     result = obj if isinstance(obj, Transplant) else None
@@ -155,8 +156,8 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
     watched, ahead = streamed(graph, on_read, on_copy)
     try:
         with bar, full_disk_is_an_error(path):
-            shards = (lambda work: split(work, bar.update)) if split else None
-            written = _write(watched, path, name, max_shard_size, shards)
+            parts = (lambda work: split(work, bar.update)) if split else None
+            written = _write(watched, path, name, max_shard_size, parts, getattr(split, "processes", 1))
     finally:
         ahead.close()
     if result is not None:
@@ -170,17 +171,18 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
 
 
 def _write(graph: LayerGraph, path: str, name: str, max_shard_size: int | None,
-           write_shards: Callable[..., None] | None = None) -> list[str]:
+           write_parts: Callable[..., None] | None = None, processes: int = 1) -> list[str]:
     module = formats.module(name)
     if name == "safetensors" and max_shard_size:
-        return module.write_sharded(graph, path, max_shard_size, write_shards=write_shards)
-    if write_shards is not None:
-        raise SurgeryError(f"{path}: only the shards of a sharded safetensors output are split across processes")
+        return module.write_sharded(graph, path, max_shard_size, write_shards=write_parts)
+    split = {"write_shards": write_parts, "processes": processes} if write_parts else {}
+    if split and name != "safetensors":
+        raise SurgeryError(f"{path}: only a safetensors output is written by several processes")
     if getattr(module, "MULTI_FILE", False):  # writes its several files atomically itself
         module.write(graph, path)
     else:
         with atomic_path(path) as tmp:
-            module.write(graph, tmp, target=path)
+            module.write(graph, tmp, target=path, **split)
     return [path]
 
 

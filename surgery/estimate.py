@@ -65,7 +65,7 @@ class WritePlan:
 class ProcessShare:
     """What one process of a split write reads, writes and holds (``--jobs``, ``torchrun`` ranks)."""
 
-    shards: int
+    parts: int   # shards, or parts of one file
     read_bytes: int
     write_bytes: int
     peak_bytes: int
@@ -97,26 +97,35 @@ def plan_write(graph: LayerGraph, path: str | os.PathLike, *, max_shard_size: in
         files = [PlannedFile(path, graph.nbytes, sum(1 for _ in graph.tensors()), exact=False)]
     copied = getattr(module, "COPIES_SPANS", False)   # unchanged bytes go file to file (``apply.save``): no memory
     peak, largest, terms = _memory(list(graph.tensors()), name, module, [*sources, graph], copied)
-    shares = _shares(graph, files, max_shard_size, processes, module, [*sources, graph], copied) if sharded else []
+    split = name == "safetensors" and processes > 1
+    shares = _shares(graph, files, max_shard_size, processes, module, [*sources, graph], copied) if split else []
     return WritePlan(path, name + (" (sharded)" if sharded else ""), files, graph.nbytes, largest, peak, terms, shares)
 
 
-def _shares(graph: LayerGraph, files: list[PlannedFile], max_shard_size: int, processes: int, module: Any,
+def _shares(graph: LayerGraph, files: list[PlannedFile], max_shard_size: int | None, processes: int, module: Any,
             sources: list[LayerGraph], copied: bool) -> list[ProcessShare]:
-    """Each process's shards, bytes and peak memory when ``processes`` split a sharded write."""
-    from .formats.safetensors import plan_shards, shard_work
+    """Each process's parts, bytes and peak memory when ``processes`` split a safetensors write:
+    the shards of a sharded one, or the parts of one file (the header written by process 0)."""
+    from .formats.safetensors import piece_work, plan_shards, shard_work
     from .parallel import assign
 
-    if processes <= 1:
-        return []
-    shards = plan_shards(graph, max_shard_size)
-    sizes = {f.path: f.nbytes for f in files[:len(shards)]}   # the shard files; the index comes last
+    if max_shard_size:
+        shards = plan_shards(graph, max_shard_size)
+        sizes = {f.path: f.nbytes for f in files[:len(shards)]}   # the shard files; the index comes last
+        work = shard_work(list(sizes), shards)
+        header = 0
+    else:
+        tensors = list(module.stored(graph))
+        work = piece_work(files[0].path, tensors, 0, processes)
+        sizes = {}
+        header = files[0].nbytes - sum(p.nbytes for _, p in tensors)
     table = dict(graph.tensors())
     shares = []
-    for part in assign(shard_work(list(sizes), shards), processes):
-        tensors = [(k, table[k]) for shard in part for k in shard.keys]
+    for i, part in enumerate(assign(work, processes)):
+        tensors = [(k, table[k]) for piece in part for k in piece.keys]
         peak = _memory(tensors, "safetensors", module, sources, copied)[0]
-        shares.append(ProcessShare(len(part), sum(s.nbytes for s in part), sum(sizes[s.path] for s in part), peak))
+        written = sum(sizes[piece.path] if piece.offset is None else piece.nbytes for piece in part)
+        shares.append(ProcessShare(len(part), sum(p.nbytes for p in part), written + (header if i == 0 else 0), peak))
     return shares
 
 

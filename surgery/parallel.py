@@ -1,12 +1,14 @@
 """``convert``'s work split across processes: ``--jobs N`` on one machine, the ranks of a ``torchrun`` job on several.
 
-What is split is the shards of a sharded safetensors output. Each shard is read,
-converted and written by one process from its own reading of the source: the
-work handed out is file names and tensor keys, never tensors, so each process
-holds about one tensor (two with read-ahead) whatever the model's size. The
-process that began the work (the parent, or rank 0) chooses the names, writes
-the index last and commits the set with its rename, exactly as a one-process
-write does (``safetensors.write_sharded``).
+What is split is the writing of a safetensors output: the shards of a sharded
+one, or the parts of a single file (runs of tensors whose offsets its header
+fixed before any data was read). Each part is read, converted and written by one
+process from its own reading of the source: the work handed out is file names,
+offsets and tensor keys, never tensors, so each process holds about one tensor
+(two with read-ahead) whatever the model's size. The process that began the work
+(the parent, or rank 0) chooses the names, writes the index or the header, and
+commits with its rename, exactly as a one-process write does
+(``safetensors.write_sharded``, ``safetensors.write``).
 
 ``--jobs`` uses a pool of spawned worker processes. Under ``torchrun`` the ranks
 are coordinated by ``torch.distributed`` (gloo, CPU): rank 0 hands out the shards
@@ -26,7 +28,7 @@ from typing import Any, Callable, NamedTuple
 
 from . import formats
 from .errors import SurgeryError
-from .formats.safetensors import ShardWork, write_shard
+from .formats.safetensors import ShardWork, write_work
 from .graph import LayerGraph, Param
 from .io import full_disk_is_an_error
 from .stream import read_ahead
@@ -91,8 +93,8 @@ def write_planned(table: dict[str, Param], source: str, shard: ShardWork, want: 
         tensors.append((key, param))
     tensors, ahead = read_ahead(tensors)
     try:
-        with full_disk_is_an_error(shard.path):
-            write_shard(shard.path, tensors)
+        with full_disk_is_an_error(shard.name):
+            write_work(shard, tensors)
     finally:
         ahead.close()
 
@@ -134,10 +136,14 @@ def _work(source: Source, shard: ShardWork, want: Expected) -> int:
 
 
 class Workers:
-    """Writes the shards with ``jobs`` spawned worker processes, the largest shards first."""
+    """Writes the parts of a split write with ``jobs`` spawned worker processes, the largest first."""
 
     def __init__(self, graph: LayerGraph, source: Source, jobs: int) -> None:
         self.table, self.source, self.jobs = dict(graph.tensors()), source, jobs
+
+    @property
+    def processes(self) -> int:
+        return self.jobs
 
     def __call__(self, work: list[ShardWork], progress: Progress = lambda n: None) -> None:
         if not work:
@@ -188,6 +194,10 @@ class Ranks:
         self.table: dict[str, Param] = {}   # this rank's reading of the source (``agree``)
         self.path = "?"
         self._sent = False
+
+    @property
+    def processes(self) -> int:
+        return self.size
 
     @property
     def leads(self) -> bool:

@@ -92,10 +92,12 @@ def write_plan_text(plan: "WritePlan") -> str:
 def _shares_text(plan: "WritePlan") -> list[str]:
     if not plan.processes:
         return []
-    rows = [[i, p.shards, size(p.read_bytes), size(p.write_bytes), size(p.peak_bytes)] for i, p in enumerate(plan.processes)]
+    rows = [[i, p.parts, size(p.read_bytes), size(p.write_bytes), size(p.peak_bytes)] for i, p in enumerate(plan.processes)]
     total = sum(p.peak_bytes for p in plan.processes)
-    return [f"split across {len(plan.processes)} processes (each shard written by one; the index by process 0, last):",
-            table(["process", "shards", "reads", "writes", "peak memory"], rows, indent="  "),
+    unit, last = ("shard", "the index") if "sharded" in plan.format else ("part of the file", "the header")
+    return [f"split across {len(plan.processes)} processes (each {unit} written by one; {last} by process 0, "
+            "which commits last):",
+            table(["process", "parts", "reads", "writes", "peak memory"], rows, indent="  "),
             f"peak memory of all processes together: about {size(total)} of tensor data"]
 
 

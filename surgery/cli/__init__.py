@@ -208,7 +208,8 @@ def _report(obj: Any, data: dict, as_json: bool) -> None:
 @click.argument("out", type=click.Path())
 @click.option("--max-shard-size", metavar="SIZE", help="Write sharded safetensors with shards of at most SIZE (e.g. 5GB).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes writing the shards (with --max-shard-size); the index is written last.")
+              help="Worker processes writing a safetensors output: its shards (with --max-shard-size), "
+                   "or parts of the one file; committed last, by this process.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--dry-run", is_flag=True,
               help="Print what would be written (files, bytes, tensors) and the peak memory; read no tensor data, write nothing.")
@@ -223,8 +224,8 @@ def convert(ctx: click.Context, src: str, out: str, max_shard_size: str | None, 
     existing trainer checkpoint replaces its model and keeps its optimizer state.
 
     Under torchrun (several ranks, on one machine or several sharing a filesystem) the ranks
-    split the shards of a sharded output through torch.distributed; rank 0 writes the index
-    and alone prints.
+    split the writing of a safetensors output (its shards, or parts of the one file) through
+    torch.distributed; rank 0 writes the index or header, commits, and alone prints.
     """
     from .. import api
     from ..apply import parse_size

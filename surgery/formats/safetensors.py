@@ -178,7 +178,7 @@ def plan_shards(graph: LayerGraph, max_shard_size: int | None) -> list[list[tupl
     """Split the stored (non-alias) tensors into shards of at most ``max_shard_size`` bytes."""
     shards: list[list[tuple[str, Param]]] = [[]]
     size = 0
-    for key, param in _stored(graph):
+    for key, param in stored(graph):
         if max_shard_size and shards[-1] and size + param.nbytes > max_shard_size:
             shards.append([])
             size = 0
@@ -187,7 +187,7 @@ def plan_shards(graph: LayerGraph, max_shard_size: int | None) -> list[list[tupl
     return shards
 
 
-def _stored(graph: LayerGraph) -> Iterator[tuple[str, Param]]:
+def stored(graph: LayerGraph) -> Iterator[tuple[str, Param]]:
     seen: set = set()
     for key, param in graph.tensors():
         if param.ident is not None:
@@ -202,9 +202,48 @@ def aliases(graph: LayerGraph) -> dict[str, str]:
     return tied_aliases(graph.tensors())
 
 
-def write(graph: LayerGraph, path: str, *, metadata: dict[str, str] | None = None, **_: Any) -> None:
-    """Write every tensor of ``graph`` to one safetensors file, one tensor in memory at a time."""
-    write_file(path, list(_stored(graph)), _single_metadata(graph, metadata))
+def write(graph: LayerGraph, path: str, *, metadata: dict[str, str] | None = None, target: str | None = None,
+          write_shards: "WriteShards | None" = None, processes: int = 1, **_: Any) -> None:
+    """Write every tensor of ``graph`` to one safetensors file, one tensor in memory at a time.
+
+    ``write_shards``, when given, writes the file's data in parts instead of this
+    process (``surgery.parallel``): the header fixes every tensor's offset before a
+    byte of data is read, so this process writes the header, sizes the file, and
+    each part (a run of tensors, ``piece_work``) is written at its offset by one of
+    ``processes`` processes. ``target`` is the file the user named (``path`` is its
+    temporary name), for messages.
+    """
+    tensors, meta = list(stored(graph)), _single_metadata(graph, metadata)
+    if write_shards is None:
+        write_file(path, tensors, meta)
+        return
+    header = header_bytes(tensors, meta)
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + sum(p.nbytes for _, p in tensors))   # to disk with the rest, by the caller's rename
+    write_shards(piece_work(path, tensors, len(header), processes, target=target))
+
+
+PIECES_PER_PROCESS = 4   # parts of one file per process: a process that finishes early takes another
+
+
+def piece_work(path: str, tensors: list[tuple[str, Param]], start: int, processes: int, *,
+               target: str | None = None) -> list["ShardWork"]:
+    """One file's tensors (data from offset ``start``) cut into runs of about equal bytes, each a part to write in place."""
+    total = sum(p.nbytes for _, p in tensors)
+    share = max(1, -(-total // (max(processes, 1) * PIECES_PER_PROCESS)))
+    pieces: list[ShardWork] = []
+    keys: list[str] = []
+    size, offset = 0, start
+    for key, param in tensors:
+        keys.append(key)
+        size += param.nbytes
+        if size >= share:
+            pieces.append(ShardWork(path, keys, size, offset, target))
+            offset, keys, size = offset + size, [], 0
+    if keys:
+        pieces.append(ShardWork(path, keys, size, offset, target))
+    return pieces
 
 
 def _single_metadata(graph: LayerGraph, metadata: dict[str, str] | None = None) -> dict[str, str]:
@@ -232,14 +271,26 @@ def write_file(path: str, tensors: list[tuple[str, Param]], metadata: dict[str, 
     """
     with open(path, "wb") as f:
         f.write(header_bytes(tensors, metadata))
-        for key, param in tensors:
-            if param.span is not None:
-                copy_span(param.span, f)
-                continue
-            arr = np.ascontiguousarray(param.read())
-            f.write(memoryview(arr.reshape(-1).view(np.uint8)))
-        f.flush()
-        os.fsync(f.fileno())
+        _write_data(f, tensors)
+
+
+def write_into(path: str, offset: int, tensors: list[tuple[str, Param]]) -> None:
+    """Write ``tensors``' bytes, in order, into the existing file ``path`` from ``offset`` (one part of a split write)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        _write_data(f, tensors)
+
+
+def _write_data(f: Any, tensors: list[tuple[str, Param]]) -> None:
+    """Each tensor's bytes at ``f``'s position in turn, then to disk."""
+    for key, param in tensors:
+        if param.span is not None:
+            copy_span(param.span, f)
+            continue
+        arr = np.ascontiguousarray(param.read())
+        f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def shard_names(path: str, count: int, generation: int = 1) -> tuple[list[str], str]:
@@ -321,11 +372,27 @@ def write_sharded(graph: LayerGraph, path: str, max_shard_size: int, *,
 
 
 class ShardWork(NamedTuple):
-    """One shard to write: its file, the keys it holds in order, their bytes."""
+    """One part of a split write: a whole shard file (``offset`` None), or a run of tensors
+    written in place into a file already sized, from ``offset``; the keys in order, their bytes."""
 
     path: str
     keys: list[str]
     nbytes: int
+    offset: int | None = None
+    target: str | None = None   # the file the user named, when ``path`` is its temporary name
+
+    @property
+    def name(self) -> str:
+        """The file to name in messages."""
+        return self.target or self.path
+
+
+def write_work(work: ShardWork, tensors: list[tuple[str, Param]]) -> None:
+    """Write one part of a split write: its shard file atomically, or its tensors in place."""
+    if work.offset is None:
+        write_shard(work.path, tensors)
+    else:
+        write_into(work.path, work.offset, tensors)
 
 
 WriteShards = Callable[[list[ShardWork]], None]
@@ -374,7 +441,7 @@ def _index_text(graph: LayerGraph, shards: list[list[tuple[str, Param]]], names:
 def planned_files(graph: LayerGraph, path: str, *, max_shard_size: int | None = None) -> list[tuple[str, int, int, bool]]:
     """``(file, bytes, tensors, exact)`` that ``write`` (or ``write_sharded``) would make: exact, from shapes alone."""
     if not max_shard_size:
-        tensors = list(_stored(graph))
+        tensors = list(stored(graph))
         size = len(header_bytes(tensors, _single_metadata(graph))) + sum(p.nbytes for _, p in tensors)
         return [(path, size, len(tensors), True)]
     shards = plan_shards(graph, max_shard_size)

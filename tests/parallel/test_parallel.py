@@ -109,12 +109,55 @@ def test_a_worker_that_fails_leaves_the_old_set(trainer_ckpt, tmp_path):
     assert _hashes(out) == before
 
 
-def test_jobs_without_a_sharded_output_are_refused_before_any_work(trainer_ckpt, tmp_path):
+def test_jobs_write_one_file_from_a_sharded_source_in_parts(trainer_ckpt, tmp_path):
+    """Sharded in, one file out: the parts of the file, at the offsets its header fixed, written by two workers."""
+    folder, model = trainer_ckpt
+    sharded = surgery.convert(folder, tmp_path / "sharded" / "model.safetensors",
+                              max_shard_size=surgery.apply.parse_size(SHARD))
+    index = sharded[-1]
+    one = surgery.convert(index, tmp_path / "one" / "model.safetensors")
+    result = subprocess.run(surgery_command("convert", index, tmp_path / "two" / "model.safetensors", "--jobs", "2", "-q"),
+                            capture_output=True, text=True, timeout=300, env=child_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert _hashes(tmp_path / "two") == _hashes(pathlib.Path(one[0]).parent)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model.safetensors"], "a temporary file was left"
+    from safetensors.numpy import load_file
+
+    _assert_model(load_file(str(tmp_path / "two" / "model.safetensors")), model)
+
+
+def test_parts_of_one_file_cover_its_data_once_in_order(tmp_path):
+    from surgery.formats.safetensors import PIECES_PER_PROCESS, header_bytes, piece_work, stored
+
+    rng = np.random.default_rng(0)
+    from safetensors.numpy import save_file
+
+    sizes = [3, 700, 5, 64, 64, 1, 900, 2, 40, 40, 40, 7]
+    save_file({f"t{i:02d}": rng.standard_normal(n).astype(np.float32) for i, n in enumerate(sizes)},
+              str(tmp_path / "a.safetensors"))
+    tensors = list(stored(surgery.load(tmp_path / "a.safetensors")))
+    start = len(header_bytes(tensors, {"format": "pt"}))
+    for processes in (1, 2, 3, 8):
+        pieces = piece_work("out", tensors, start, processes)
+        assert [k for p in pieces for k in p.keys] == [k for k, _ in tensors], processes
+        offset = start
+        for piece in pieces:
+            assert piece.offset == offset and piece.nbytes == sum(dict(tensors)[k].nbytes for k in piece.keys)
+            offset += piece.nbytes
+        assert len(pieces) <= processes * PIECES_PER_PROCESS
+        share = -(-sum(p.nbytes for _, p in tensors) // (processes * PIECES_PER_PROCESS))
+        for piece in pieces[:-1]:   # each ends with the tensor that brought it to its share
+            assert piece.nbytes >= share and piece.nbytes - dict(tensors)[piece.keys[-1]].nbytes < share, piece
+        assert len(pieces) >= min(processes, 3), f"{processes} processes: {len(pieces)} parts"
+
+
+def test_jobs_without_a_safetensors_output_are_refused_before_any_work(trainer_ckpt, tmp_path):
     folder, _ = trainer_ckpt
-    for out, options in [("model.safetensors", []), ("model.pt", ["--max-shard-size", SHARD])]:
-        result = subprocess.run(surgery_command("convert", folder, tmp_path / out, "--jobs", "2", *options),
+    for out, options in [("model.pt", ["--max-shard-size", SHARD]), ("model.pt", []), ("dcp/", [])]:
+        result = subprocess.run(surgery_command("convert", folder, f"{tmp_path}/{out}", "--jobs", "2", *options),
                                 capture_output=True, text=True, timeout=120, env=child_env())
-        assert_one_line_error(result, str(tmp_path / out), "--jobs 2", "--max-shard-size")
+        assert_one_line_error(result, str(tmp_path / out), "--jobs 2", "safetensors output")
         assert not (tmp_path / out).exists()
 
 
@@ -127,13 +170,28 @@ def test_dry_run_gives_each_process_its_share(trainer_ckpt, run):
     shares = planned["processes"]
     shards = [f for f in planned["files"] if not f["path"].endswith(".index.json")]
     assert len(shares) == 2
-    assert sum(s["shards"] for s in shares) == len(shards)
+    assert sum(s["parts"] for s in shares) == len(shards)
     assert sum(s["read_bytes"] for s in shares) == planned["read_bytes"]
     assert sum(s["write_bytes"] for s in shares) == sum(f["nbytes"] for f in shards)
     assert all(0 < s["peak_bytes"] <= planned["peak_tensor_bytes"] for s in shares)
     text = run("convert", folder, "/nonexistent/hf/model.safetensors", "--max-shard-size", SHARD, "-j", "2",
                "--dry-run").output
-    assert "split across 2 processes" in text and "peak memory of all processes together" in text
+    assert "split across 2 processes (each shard" in text and "peak memory of all processes together" in text
+
+
+def test_dry_run_of_one_file_in_parts(trainer_ckpt, run, tmp_path):
+    folder, _ = trainer_ckpt
+    result = run("convert", folder, tmp_path / "model.safetensors", "--jobs", "3", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    planned = json.loads(result.output)
+    shares = planned["processes"]
+    assert len(shares) == 3 and all(s["parts"] >= 1 for s in shares)
+    assert sum(s["read_bytes"] for s in shares) == planned["read_bytes"]
+    assert sum(s["write_bytes"] for s in shares) == planned["files"][0]["nbytes"]
+    surgery.convert(folder, tmp_path / "model.safetensors")
+    assert planned["files"][0]["nbytes"] == (tmp_path / "model.safetensors").stat().st_size
+    assert "each part of the file written by one" in run("convert", folder, tmp_path / "x.safetensors", "-j", "2",
+                                                          "--dry-run").output
 
 
 def test_shards_are_dealt_evenly_and_each_once():
@@ -184,6 +242,36 @@ def test_two_torchrun_ranks_split_the_shards_and_rank_0_writes_the_index(trainer
     _assert_model(_set(out.parent / "model.safetensors.index.json"), model)
     one = surgery.convert(folder, tmp_path / "one" / "model.safetensors", max_shard_size=surgery.apply.parse_size(SHARD))
     assert _hashes(out.parent) == _hashes(pathlib.Path(one[0]).parent)
+
+
+def test_two_torchrun_ranks_write_parts_of_one_file(trainer_ckpt, tmp_path):
+    folder, model = trainer_ckpt
+    out = tmp_path / "hf" / "model.safetensors"
+    result = _torchrun("convert", folder, out, log=tmp_path / "log")
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = {rank: (tmp_path / "log" / f"rank{rank}").read_text().split() for rank in (0, 1)}
+    assert written[0] and written[1], f"a rank wrote nothing: {written}"
+    offsets = sorted(int(part.split("@")[1]) for part in written[0] + written[1])
+    assert len(set(offsets)) == len(offsets), "a part written twice"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.safetensors"]
+    one = surgery.convert(folder, tmp_path / "one" / "model.safetensors")
+    assert _hashes(out.parent) == _hashes(pathlib.Path(one[0]).parent)
+    from safetensors.numpy import load_file
+
+    _assert_model(load_file(str(out)), model)
+
+
+def test_a_rank_that_fails_a_part_of_one_file_leaves_the_old_file(trainer_ckpt, tmp_path):
+    folder, _ = trainer_ckpt
+    out = tmp_path / "hf" / "model.safetensors"
+    out.parent.mkdir()
+    out.write_bytes(b"the old file")
+    result = _torchrun("convert", folder, out, log=tmp_path / "log", fail_rank=1)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("surgery: ")]
+    assert len(ours) == 1 and ours[0].startswith(f"surgery: error: rank 1: {out}: made to fail"), result.stderr[-2000:]
+    assert out.read_bytes() == b"the old file"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.safetensors"], "a temporary file was left"
 
 
 def test_a_rank_that_fails_fails_the_job_and_leaves_the_old_set(trainer_ckpt, tmp_path):
