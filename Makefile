@@ -40,6 +40,7 @@ faults: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/dcp.py
+	$(PY) bench/scale_sim.py
 	$(PY) bench/inspect_large.py
 	$(PY) bench/startup.py
 	$(PY) bench/hostile.py
