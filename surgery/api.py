@@ -128,10 +128,11 @@ def convert(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None = 
     Returns the files written. The format comes from ``out``'s suffix.
 
     Args:
-        jobs: worker processes that write a safetensors output: each shard of a sharded
-            one (``max_shard_size``), or each part of a single file, read, converted and
-            written by one; the index (or the file's header) is written by this process,
-            which commits the output last.
+        jobs: worker processes that write the output: each shard of a sharded safetensors
+            one (``max_shard_size``), each run of tensors of a single safetensors file, or
+            each data file of a DCP folder, read, converted and written by one; the index
+            (the file's header, the DCP's ``.metadata``) is written by this process, which
+            commits the output last.
         ranks: this process is one rank of a ``torchrun`` job (``torch.distributed``, gloo):
             the ranks split the shards or parts, rank 0 commits. Every rank must call
             ``convert`` with the same arguments; rank 0 returns the files, the others ``[]``.
@@ -158,11 +159,11 @@ def convert(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None = 
 
 def _splittable(out: "str | os.PathLike", how: str) -> None:
     """Refuse, before any work, a split write of an output that is not split."""
-    if formats.for_output(os.fspath(out)) == "safetensors":
+    if getattr(formats.module(formats.for_output(os.fspath(out))), "SPLITS", False):
         return
     raise SurgeryError(f"{os.fspath(out)}: {how} splits the writing of a safetensors output (one file, or its "
-                       "shards with --max-shard-size) between processes: name a .safetensors output, or run it "
-                       "as one process")
+                       "shards with --max-shard-size) or of a DCP folder (one data file per process) between "
+                       "processes: name such an output, or run it as one process")
 
 
 def _convert_by_ranks(src: Any, out: "str | os.PathLike", *, max_shard_size: int | None, quiet: bool,

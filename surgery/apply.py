@@ -127,9 +127,10 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
     copied tensors that never pass through this process are counted and hashed from
     the same bytes.
 
-    ``split`` writes a safetensors output's shards, or a single file's parts, in other
-    processes (``surgery.parallel``): it is called with the parts and a progress callback,
-    and says how many processes share them (``split.processes``).
+    ``split`` writes the parts of an output whose format ``SPLITS`` (a safetensors file's
+    runs of tensors or its shards, a DCP folder's data files) in other processes
+    (``surgery.parallel``): it is called with the parts and a progress callback, returns
+    each part's result, and says how many processes share them (``split.processes``).
     """
     path = os.fspath(path)
     result = obj if isinstance(obj, Transplant) else None
@@ -171,15 +172,15 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
 
 
 def _write(graph: LayerGraph, path: str, name: str, max_shard_size: int | None,
-           write_parts: Callable[..., None] | None = None, processes: int = 1) -> list[str]:
+           write_parts: Callable[..., list] | None = None, processes: int = 1) -> list[str]:
     module = formats.module(name)
     if name == "safetensors" and max_shard_size:
-        return module.write_sharded(graph, path, max_shard_size, write_shards=write_parts)
-    split = {"write_shards": write_parts, "processes": processes} if write_parts else {}
-    if split and name != "safetensors":
-        raise SurgeryError(f"{path}: only a safetensors output is written by several processes")
+        return module.write_sharded(graph, path, max_shard_size, write_parts=write_parts)
+    split = {"write_parts": write_parts, "processes": processes} if write_parts else {}
+    if split and not getattr(module, "SPLITS", False):
+        raise SurgeryError(f"{path}: a {name} output is not written by several processes")
     if getattr(module, "MULTI_FILE", False):  # writes its several files atomically itself
-        module.write(graph, path)
+        module.write(graph, path, **split)
     else:
         with atomic_path(path) as tmp:
             module.write(graph, tmp, target=path, **split)

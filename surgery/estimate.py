@@ -78,8 +78,8 @@ def plan_write(graph: LayerGraph, path: str | os.PathLike, *, max_shard_size: in
     Args:
         sources: the graphs the tensors are read from (a transplant's source and destination),
             for what their readers hold beside a tensor; ``graph`` itself when omitted.
-        processes: the shards of a sharded output split across this many processes
-            (``surgery.parallel.assign``, as the ranks of a ``torchrun`` job get them; a
+        processes: the write split across this many processes (the format's parts, dealt by
+            ``surgery.parallel.assign`` as the ranks of a ``torchrun`` job get them; a
             ``--jobs`` pool hands them out as workers come free, to the same effect).
 
     Raises:
@@ -91,41 +91,40 @@ def plan_write(graph: LayerGraph, path: str | os.PathLike, *, max_shard_size: in
     if hasattr(module, "TEMPLATE"):   # the write's own refusal when there is nothing to copy the structure from
         formats.template_of(graph, name, None, path, {}, module.TEMPLATE)
     sharded = name == "safetensors" and max_shard_size
+    split = getattr(module, "SPLITS", False) and processes > 1
     if hasattr(module, "planned_files"):
-        files = [PlannedFile(*f) for f in module.planned_files(graph, path, max_shard_size=max_shard_size if sharded else None)]
+        files = [PlannedFile(*f) for f in module.planned_files(graph, path, max_shard_size=max_shard_size if sharded else None,
+                                                               processes=processes if split else 1)]
     else:
         files = [PlannedFile(path, graph.nbytes, sum(1 for _ in graph.tensors()), exact=False)]
     copied = getattr(module, "COPIES_SPANS", False)   # unchanged bytes go file to file (``apply.save``): no memory
     peak, largest, terms = _memory(list(graph.tensors()), name, module, [*sources, graph], copied)
-    split = name == "safetensors" and processes > 1
-    shares = _shares(graph, files, max_shard_size, processes, module, [*sources, graph], copied) if split else []
+    shares = _shares(graph, files, path, name, max_shard_size if sharded else None, processes, module, [*sources, graph],
+                     copied) if split else []
     return WritePlan(path, name + (" (sharded)" if sharded else ""), files, graph.nbytes, largest, peak, terms, shares)
 
 
-def _shares(graph: LayerGraph, files: list[PlannedFile], max_shard_size: int | None, processes: int, module: Any,
-            sources: list[LayerGraph], copied: bool) -> list[ProcessShare]:
-    """Each process's parts, bytes and peak memory when ``processes`` split a safetensors write:
-    the shards of a sharded one, or the parts of one file (the header written by process 0)."""
-    from .formats.safetensors import piece_work, plan_shards, shard_work
+def _shares(graph: LayerGraph, files: list[PlannedFile], path: str, name: str, max_shard_size: int | None,
+            processes: int, module: Any, sources: list[LayerGraph], copied: bool) -> list[ProcessShare]:
+    """Each process's parts, bytes and peak memory when ``processes`` split a write (the format's
+    ``planned_parts``, dealt as ``surgery.parallel.assign`` deals them); what no part writes (an index,
+    a header, ``.metadata``) is process 0's."""
     from .parallel import assign
 
-    if max_shard_size:
-        shards = plan_shards(graph, max_shard_size)
-        sizes = {f.path: f.nbytes for f in files[:len(shards)]}   # the shard files; the index comes last
-        work = shard_work(list(sizes), shards)
-        header = 0
-    else:
-        tensors = list(module.stored(graph))
-        work = piece_work(files[0].path, tensors, 0, processes)
-        sizes = {}
-        header = files[0].nbytes - sum(p.nbytes for _, p in tensors)
+    sizes = {f.path: f.nbytes for f in files}
+    parts = module.planned_parts(graph, path, processes=processes, max_shard_size=max_shard_size)
+
+    def written(part: Any) -> int:
+        return part.nbytes if part.kind == "run" else sizes[part.path]
+
+    lead = sum(sizes.values()) - sum(written(p) for p in parts)
     table = dict(graph.tensors())
     shares = []
-    for i, part in enumerate(assign(work, processes)):
-        tensors = [(k, table[k]) for piece in part for k in piece.keys]
-        peak = _memory(tensors, "safetensors", module, sources, copied)[0]
-        written = sum(sizes[piece.path] if piece.offset is None else piece.nbytes for piece in part)
-        shares.append(ProcessShare(len(part), sum(p.nbytes for p in part), written + (header if i == 0 else 0), peak))
+    for i, dealt in enumerate(assign(parts, processes)):
+        tensors = [(k, table[k]) for part in dealt for k in part.keys]
+        peak = _memory(tensors, name, module, sources, copied)[0]
+        shares.append(ProcessShare(len(dealt), sum(p.nbytes for p in dealt),
+                                   sum(written(p) for p in dealt) + (lead if i == 0 else 0), peak))
     return shares
 
 

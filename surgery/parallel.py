@@ -28,9 +28,9 @@ from typing import Any, Callable, NamedTuple
 
 from . import formats
 from .errors import SurgeryError
-from .formats.safetensors import ShardWork, write_work
 from .graph import LayerGraph, Param
 from .io import full_disk_is_an_error
+from .parts import Part
 from .stream import read_ahead
 
 Progress = Callable[[int], Any]
@@ -62,9 +62,9 @@ def torchrun_world() -> tuple[int, int] | None:
     return (rank, size) if size > 1 and "MASTER_ADDR" in os.environ else None
 
 
-def assign(work: list[ShardWork], count: int) -> list[list[ShardWork]]:
+def assign(work: list[Part], count: int) -> list[list[Part]]:
     """Shards dealt to ``count`` processes, largest first to the least loaded (bytes as even as they come)."""
-    parts: list[list[ShardWork]] = [[] for _ in range(count)]
+    parts: list[list[Part]] = [[] for _ in range(count)]
     loads = [0] * count
     for shard in sorted(work, key=lambda w: -w.nbytes):
         least = loads.index(min(loads))
@@ -76,13 +76,13 @@ def assign(work: list[ShardWork], count: int) -> list[list[ShardWork]]:
 Expected = list[tuple[str, tuple[int, ...], str]]
 
 
-def expected(table: dict[str, Param], shard: ShardWork) -> Expected:
+def expected(table: dict[str, Param], shard: Part) -> Expected:
     """What each key of a shard holds in the reading that planned it (``table``): another reading must agree."""
     return [(key, table[key].shape, table[key].dtype) for key in shard.keys]
 
 
-def write_planned(table: dict[str, Param], source: str, shard: ShardWork, want: Expected) -> None:
-    """Write one shard from this process's own reading of the source, checked against the plan's."""
+def write_planned(table: dict[str, Param], source: str, shard: Part, want: Expected) -> Any:
+    """Write one part from this process's own reading of the source, checked against the plan's; its result."""
     tensors = []
     for key, shape, dtype in want:
         param = table.get(key)
@@ -94,9 +94,23 @@ def write_planned(table: dict[str, Param], source: str, shard: ShardWork, want: 
     tensors, ahead = read_ahead(tensors)
     try:
         with full_disk_is_an_error(shard.name):
-            write_work(shard, tensors)
+            return write_part(shard, tensors)
     finally:
         ahead.close()
+
+
+def write_part(part: Part, tensors: list[tuple[str, Param]]) -> Any:
+    """Write one part with ``tensors`` (its keys, from this process's reading); what the leading process needs back."""
+    from .formats import safetensors
+
+    if part.kind == "records":
+        from .formats.torch import dcp
+
+        return dcp.write_records(part.path, tensors)
+    if part.kind == "run":
+        assert part.offset is not None
+        return safetensors.write_into(part.path, part.offset, tensors)
+    return safetensors.write_shard(part.path, tensors)
 
 
 # --- worker processes (--jobs) ---------------------------------------------------------------
@@ -130,9 +144,8 @@ def _bound_to_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _work(source: Source, shard: ShardWork, want: Expected) -> int:
-    write_planned(_tensors(source), source.path, shard, want)
-    return shard.nbytes
+def _work(source: Source, shard: Part, want: Expected) -> Any:
+    return write_planned(_tensors(source), source.path, shard, want)
 
 
 class Workers:
@@ -145,30 +158,34 @@ class Workers:
     def processes(self) -> int:
         return self.jobs
 
-    def __call__(self, work: list[ShardWork], progress: Progress = lambda n: None) -> None:
+    def __call__(self, work: list[Part], progress: Progress = lambda n: None) -> list[Any]:
         if not work:
-            return
+            return []
         context = multiprocessing.get_context("spawn")  # a fork would copy this process's threads and locks
         error: BaseException | None = None
+        results: list[Any] = [None] * len(work)
         with ProcessPoolExecutor(min(self.jobs, len(work)), mp_context=context, initializer=_bound_to_parent,
                                  initargs=(os.getpid(),)) as pool:
-            pending = {pool.submit(_work, self.source, shard, expected(self.table, shard))
-                       for shard in sorted(work, key=lambda w: -w.nbytes)}
-            while pending and error is None:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            pending = {pool.submit(_work, self.source, work[i], expected(self.table, work[i])): i
+                       for i in sorted(range(len(work)), key=lambda i: -work[i].nbytes)}
+            waiting = set(pending)
+            while waiting and error is None:
+                done, waiting = wait(waiting, return_when=FIRST_EXCEPTION)
                 for future in done:
                     try:
-                        progress(future.result())
+                        results[pending[future]] = future.result()
+                        progress(work[pending[future]].nbytes)
                     except BrokenProcessPool:
                         error = SurgeryError(f"{self.source.path}: a worker process died while converting "
                                              "(out of memory?); nothing was committed")
                     except BaseException as e:  # noqa: BLE001 (re-raised below, once the others stop)
                         error = error or e
-            for future in pending:
+            for future in waiting:
                 future.cancel()
-        # leaving the pool waited for the shards being written: none is renamed after the caller cleans up
+        # leaving the pool waited for the parts being written: none is renamed after the caller cleans up
         if error is not None:
             raise error
+        return results
 
 
 # --- ranks of a torchrun job -----------------------------------------------------------------
@@ -235,18 +252,19 @@ class Ranks:
         self.table, self.path = dict(graph.tensors()), graph.path or "?"
         return graph
 
-    def __call__(self, work: list[ShardWork], progress: Progress = lambda n: None) -> None:
-        """Rank 0: deal the shards, write its own, wait for every rank's outcome."""
+    def __call__(self, work: list[Part], progress: Progress = lambda n: None) -> list[Any]:
+        """Rank 0: deal the parts, write its own, wait for every rank's outcome; each part's result, in order."""
         parts = assign(work, self.size)
         dealt = [[(shard, expected(self.table, shard)) for shard in part] for part in parts]
         self._broadcast(dealt)
         self._sent = True
-        problem = self._write(dealt[0], progress)
-        outcomes = self._gather(problem)
-        for part, outcome in zip(parts[1:], outcomes[1:]):
-            if outcome is None:
+        outcomes = self._gather(self._write(dealt[0], progress))
+        for part, (problem, _) in zip(parts[1:], outcomes[1:]):
+            if problem is None:
                 progress(sum(shard.nbytes for shard in part))
-        _raise_first(outcomes)
+        _raise_first([problem for problem, _ in outcomes])
+        placed = {id(shard): result for part, (_, results) in zip(parts, outcomes) for shard, result in zip(part, results)}
+        return [placed[id(shard)] for shard in work]
 
     def lead(self, run: Callable[["Ranks"], list[str]]) -> list[str]:
         """Rank 0: ``run`` the write with this as its shard writer, then tell the others how it ended."""
@@ -273,19 +291,20 @@ class Ranks:
         if ended is not None:
             raise SurgeryError(ended)
 
-    def _write(self, mine: list[tuple[ShardWork, Expected]], progress: Progress) -> str | None:
-        """This rank's shards, written; the problem as a message for the others, or None."""
+    def _write(self, mine: list[tuple[Part, Expected]], progress: Progress) -> tuple[str | None, list[Any]]:
+        """This rank's parts, written: the problem as a message for the others (or None), and each part's result."""
+        results: list[Any] = []
         try:
             for shard, want in mine:
-                write_planned(self.table, self.path, shard, want)
+                results.append(write_planned(self.table, self.path, shard, want))
                 progress(shard.nbytes)
         except SurgeryError as e:
-            return f"rank {self.rank}: {e}"
+            return f"rank {self.rank}: {e}", []
         except OSError as e:
-            return f"rank {self.rank}: {e.filename or ''}: {e.strerror or e}"
+            return f"rank {self.rank}: {e.filename or ''}: {e.strerror or e}", []
         except Exception as e:  # noqa: BLE001 (a bug still reaches the collectives: the others must not hang)
-            return f"rank {self.rank}: {type(e).__name__}: {e}"
-        return None
+            return f"rank {self.rank}: {type(e).__name__}: {e}", []
+        return None, results
 
 
 def _raise_first(problems: list[str | None]) -> None:

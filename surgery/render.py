@@ -94,7 +94,8 @@ def _shares_text(plan: "WritePlan") -> list[str]:
         return []
     rows = [[i, p.parts, size(p.read_bytes), size(p.write_bytes), size(p.peak_bytes)] for i, p in enumerate(plan.processes)]
     total = sum(p.peak_bytes for p in plan.processes)
-    unit, last = ("shard", "the index") if "sharded" in plan.format else ("part of the file", "the header")
+    unit, last = {"dcp": ("data file", "the .metadata"), "safetensors": ("run of the file's tensors", "the header")
+                  }.get(plan.format, ("shard", "the index"))
     return [f"split across {len(plan.processes)} processes (each {unit} written by one; {last} by process 0, "
             "which commits last):",
             table(["process", "parts", "reads", "writes", "peak memory"], rows, indent="  "),

@@ -15,7 +15,7 @@ import math
 import os
 import re
 import struct
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -25,12 +25,14 @@ from ..graph import LayerGraph, Param, Span, tied_aliases
 from ..io import copy_span, span_loader
 from .shard_index import read_shard_index
 from ..kinds import graph_of_params
+from ..parts import Part, WriteParts, runs
 
 SUFFIXES = (".safetensors",)
 INDEX_SUFFIX = ".safetensors.index.json"
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 _ALIGN = 8
 COPIES_SPANS = True   # write_file copies a param's unchanged bytes file to file (graph.Span)
+SPLITS = True   # several processes can write its parts (surgery.parts, surgery.parallel)
 
 
 def sniff(path: str) -> bool:
@@ -203,47 +205,38 @@ def aliases(graph: LayerGraph) -> dict[str, str]:
 
 
 def write(graph: LayerGraph, path: str, *, metadata: dict[str, str] | None = None, target: str | None = None,
-          write_shards: "WriteShards | None" = None, processes: int = 1, **_: Any) -> None:
+          write_parts: "WriteParts | None" = None, processes: int = 1, **_: Any) -> None:
     """Write every tensor of ``graph`` to one safetensors file, one tensor in memory at a time.
 
-    ``write_shards``, when given, writes the file's data in parts instead of this
+    ``write_parts``, when given, writes the file's data in parts instead of this
     process (``surgery.parallel``): the header fixes every tensor's offset before a
-    byte of data is read, so this process writes the header, sizes the file, and
-    each part (a run of tensors, ``piece_work``) is written at its offset by one of
-    ``processes`` processes. ``target`` is the file the user named (``path`` is its
-    temporary name), for messages.
+    byte of data is read, so this process writes the header and sizes the file, and
+    each run of tensors (``piece_work``) is written in place by one of ``processes``
+    processes. ``target`` is the file the user named (``path`` is its temporary
+    name), for messages.
     """
     tensors, meta = list(stored(graph)), _single_metadata(graph, metadata)
-    if write_shards is None:
+    if write_parts is None:
         write_file(path, tensors, meta)
         return
     header = header_bytes(tensors, meta)
     with open(path, "wb") as f:
         f.write(header)
         f.truncate(len(header) + sum(p.nbytes for _, p in tensors))   # to disk with the rest, by the caller's rename
-    write_shards(piece_work(path, tensors, len(header), processes, target=target))
+    write_parts(piece_work(path, tensors, len(header), processes, target=target))
 
 
-PIECES_PER_PROCESS = 4   # parts of one file per process: a process that finishes early takes another
+PIECES_PER_PROCESS = 4   # runs of one file per process: a process that finishes early takes another
 
 
 def piece_work(path: str, tensors: list[tuple[str, Param]], start: int, processes: int, *,
-               target: str | None = None) -> list["ShardWork"]:
-    """One file's tensors (data from offset ``start``) cut into runs of about equal bytes, each a part to write in place."""
-    total = sum(p.nbytes for _, p in tensors)
-    share = max(1, -(-total // (max(processes, 1) * PIECES_PER_PROCESS)))
-    pieces: list[ShardWork] = []
-    keys: list[str] = []
-    size, offset = 0, start
-    for key, param in tensors:
-        keys.append(key)
-        size += param.nbytes
-        if size >= share:
-            pieces.append(ShardWork(path, keys, size, offset, target))
-            offset, keys, size = offset + size, [], 0
-    if keys:
-        pieces.append(ShardWork(path, keys, size, offset, target))
-    return pieces
+               target: str | None = None) -> list[Part]:
+    """One file's tensors (data from offset ``start``) cut into runs of about equal bytes, each a part written in place."""
+    out, offset = [], start
+    for keys, nbytes in runs([(k, p.nbytes) for k, p in tensors], max(processes, 1) * PIECES_PER_PROCESS):
+        out.append(Part(path, keys, nbytes, offset, target, kind="run"))
+        offset += nbytes
+    return out
 
 
 def _single_metadata(graph: LayerGraph, metadata: dict[str, str] | None = None) -> dict[str, str]:
@@ -327,7 +320,7 @@ def shard_files(path: str) -> list[str]:
 
 
 def write_sharded(graph: LayerGraph, path: str, max_shard_size: int, *,
-                  write_shards: "WriteShards | None" = None) -> list[str]:
+                  write_parts: "WriteParts | None" = None) -> list[str]:
     """Write shards of at most ``max_shard_size`` bytes plus the standard index; returns the files written.
 
     The new shards take names no existing file has (``free_shard_names``), so
@@ -336,7 +329,7 @@ def write_sharded(graph: LayerGraph, path: str, max_shard_size: int, *,
     removed. A kill at any moment leaves the old set or the new one, each whole;
     the shards and temporary files of a killed write are removed by the next.
 
-    ``write_shards``, when given, writes the shards instead of this process:
+    ``write_parts``, when given, writes the shards instead of this process:
     it gets ``(file, keys)`` for each and returns once all are written, or raises
     (``surgery.parallel`` hands them to worker processes or ranks). Whoever writes
     them, the index is written here, last; a failure removes the new shards.
@@ -354,11 +347,11 @@ def write_sharded(graph: LayerGraph, path: str, max_shard_size: int, *,
         _remove_shards_but(path, _named_shards(index_path))
         names = free_shard_names(path, len(shards))
         try:
-            if write_shards is None:
+            if write_parts is None:
                 for name, tensors in zip(names, shards):
                     write_shard(name, tensors)
             else:
-                write_shards(shard_work(names, shards))
+                write_parts(shard_work(names, shards))
         except BaseException:
             for name in names:  # not yet named by any index: nobody's data
                 if os.path.lexists(name):
@@ -371,36 +364,9 @@ def write_sharded(graph: LayerGraph, path: str, max_shard_size: int, *,
     return [*names, index_path]
 
 
-class ShardWork(NamedTuple):
-    """One part of a split write: a whole shard file (``offset`` None), or a run of tensors
-    written in place into a file already sized, from ``offset``; the keys in order, their bytes."""
-
-    path: str
-    keys: list[str]
-    nbytes: int
-    offset: int | None = None
-    target: str | None = None   # the file the user named, when ``path`` is its temporary name
-
-    @property
-    def name(self) -> str:
-        """The file to name in messages."""
-        return self.target or self.path
-
-
-def write_work(work: ShardWork, tensors: list[tuple[str, Param]]) -> None:
-    """Write one part of a split write: its shard file atomically, or its tensors in place."""
-    if work.offset is None:
-        write_shard(work.path, tensors)
-    else:
-        write_into(work.path, work.offset, tensors)
-
-
-WriteShards = Callable[[list[ShardWork]], None]
-
-
-def shard_work(names: list[str], shards: list[list[tuple[str, Param]]]) -> list[ShardWork]:
+def shard_work(names: list[str], shards: list[list[tuple[str, Param]]]) -> list[Part]:
     """The shards of ``plan_shards`` under their file names, as the processes of a split write get them."""
-    return [ShardWork(name, [key for key, _ in tensors], sum(p.nbytes for _, p in tensors))
+    return [Part(name, [key for key, _ in tensors], sum(p.nbytes for _, p in tensors))
             for name, tensors in zip(names, shards)]
 
 
@@ -438,7 +404,17 @@ def _index_text(graph: LayerGraph, shards: list[list[tuple[str, Param]]], names:
     return json.dumps(index, indent=2)
 
 
-def planned_files(graph: LayerGraph, path: str, *, max_shard_size: int | None = None) -> list[tuple[str, int, int, bool]]:
+def planned_parts(graph: LayerGraph, path: str, *, processes: int, max_shard_size: int | None = None) -> list[Part]:
+    """The parts a write split across ``processes`` would hand out (its shards, or the runs of one file)."""
+    if max_shard_size:
+        shards = plan_shards(graph, max_shard_size)
+        return shard_work(shard_names(path, len(shards))[0], shards)
+    tensors = list(stored(graph))
+    return piece_work(path, tensors, len(header_bytes(tensors, _single_metadata(graph))), processes)
+
+
+def planned_files(graph: LayerGraph, path: str, *, max_shard_size: int | None = None,
+                  **_: Any) -> list[tuple[str, int, int, bool]]:
     """``(file, bytes, tensors, exact)`` that ``write`` (or ``write_sharded``) would make: exact, from shapes alone."""
     if not max_shard_size:
         tensors = list(stored(graph))

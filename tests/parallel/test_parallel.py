@@ -21,8 +21,8 @@ import pytest
 
 import surgery
 from surgery.errors import SurgeryError
-from surgery.formats.safetensors import ShardWork
 from surgery.parallel import assign, write_planned
+from surgery.parts import Part
 from tests.faults.conftest import ROOT, assert_one_line_error, child_env, surgery_command
 
 SHARD = "700KB"   # the GPT-2 below holds ~3.7 MB: six shards or so
@@ -152,9 +152,9 @@ def test_parts_of_one_file_cover_its_data_once_in_order(tmp_path):
         assert len(pieces) >= min(processes, 3), f"{processes} processes: {len(pieces)} parts"
 
 
-def test_jobs_without_a_safetensors_output_are_refused_before_any_work(trainer_ckpt, tmp_path):
+def test_jobs_with_an_output_that_is_not_split_are_refused_before_any_work(trainer_ckpt, tmp_path):
     folder, _ = trainer_ckpt
-    for out, options in [("model.pt", ["--max-shard-size", SHARD]), ("model.pt", []), ("dcp/", [])]:
+    for out, options in [("model.pt", ["--max-shard-size", SHARD]), ("model.pt", []), ("model.h5", [])]:
         result = subprocess.run(surgery_command("convert", folder, f"{tmp_path}/{out}", "--jobs", "2", *options),
                                 capture_output=True, text=True, timeout=120, env=child_env())
         assert_one_line_error(result, str(tmp_path / out), "--jobs 2", "safetensors output")
@@ -172,7 +172,7 @@ def test_dry_run_gives_each_process_its_share(trainer_ckpt, run):
     assert len(shares) == 2
     assert sum(s["parts"] for s in shares) == len(shards)
     assert sum(s["read_bytes"] for s in shares) == planned["read_bytes"]
-    assert sum(s["write_bytes"] for s in shares) == sum(f["nbytes"] for f in shards)
+    assert sum(s["write_bytes"] for s in shares) == sum(f["nbytes"] for f in planned["files"])   # the index: process 0
     assert all(0 < s["peak_bytes"] <= planned["peak_tensor_bytes"] for s in shares)
     text = run("convert", folder, "/nonexistent/hf/model.safetensors", "--max-shard-size", SHARD, "-j", "2",
                "--dry-run").output
@@ -190,13 +190,92 @@ def test_dry_run_of_one_file_in_parts(trainer_ckpt, run, tmp_path):
     assert sum(s["write_bytes"] for s in shares) == planned["files"][0]["nbytes"]
     surgery.convert(folder, tmp_path / "model.safetensors")
     assert planned["files"][0]["nbytes"] == (tmp_path / "model.safetensors").stat().st_size
-    assert "each part of the file written by one" in run("convert", folder, tmp_path / "x.safetensors", "-j", "2",
+    assert "each run of the file's tensors written by one" in run("convert", folder, tmp_path / "x.safetensors", "-j", "2",
                                                           "--dry-run").output
+
+
+def _dcp_model(folder: pathlib.Path, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model's tensors of a trainer's DCP folder (under ``model``), as ``torch.distributed.checkpoint.load`` gives them back."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    state = {k: torch.empty(v.shape, dtype=getattr(torch, str(v.dtype))) for k, v in like.items() if k != "lm_head.weight"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load({"model": state}, checkpoint_id=str(folder))
+    return {k: v.numpy() for k, v in state.items()}
+
+
+def test_jobs_write_a_dcp_folder_one_data_file_per_worker(trainer_ckpt, tmp_path):
+    folder, model = trainer_ckpt
+    result = subprocess.run(surgery_command("convert", folder, f"{tmp_path}/dcp/", "--jobs", "2", "-q"),
+                            capture_output=True, text=True, timeout=300, env=child_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    files = sorted(p.name for p in (tmp_path / "dcp").iterdir())
+    # the trainer's optimizer state and step, kept from the source, in the parent's own __2_0
+    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp"], files
+    sizes = [(tmp_path / "dcp" / name).stat().st_size for name in files[1:3]]
+    assert min(sizes) > 0.3 * max(sizes), f"the work was not shared: {sizes}"
+    _assert_model(_dcp_model(tmp_path / "dcp", model), model)
+
+
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    """A nested state dict (dicts and lists) as ``{"state.0.exp_avg": tensor, ...}``."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = enumerate(tree)
+    else:
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, value in items for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def test_jobs_write_into_a_trainer_checkpoint_and_keep_its_state(trainer_ckpt, tmp_path):
+    """Over a trainer's DCP folder: the model's tensors by the workers, the optimizer state and step copied by
+    the parent into a data file of its own; torch reads the whole checkpoint back as it was."""
+    import shutil
+
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    folder, model = trainer_ckpt
+    out = tmp_path / "resume"
+    shutil.copytree(folder, out)
+    result = subprocess.run(surgery_command("convert", folder, f"{out}/", "--jobs", "2", "-q"),
+                            capture_output=True, text=True, timeout=300, env=child_env())
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp"]
+    dcp_to_torch_save(folder, tmp_path / "before.pt")
+    dcp_to_torch_save(out, tmp_path / "after.pt")
+    before, after = (torch.load(tmp_path / f"{n}.pt", weights_only=False) for n in ("before", "after"))
+    assert before["step"] == after["step"] == 10
+    want, got = _flat(before["optim"]), _flat(after["optim"])
+    assert set(want) == set(got) and len(want) > 10
+    for key in want:
+        assert (torch.equal(want[key], got[key]) if isinstance(want[key], torch.Tensor) else want[key] == got[key]), key
+    _assert_model({k: v.numpy() for k, v in after["model"].items()}, model)
+
+
+def test_dry_run_of_a_dcp_folder_names_the_files_the_workers_write(trainer_ckpt, run, tmp_path):
+    folder, _ = trainer_ckpt
+    result = run("convert", folder, f"{tmp_path}/dcp/", "--jobs", "2", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    planned = json.loads(result.output)
+    assert sum(s["read_bytes"] for s in planned["processes"]) == planned["read_bytes"]
+    assert sum(s["write_bytes"] for s in planned["processes"]) == sum(f["nbytes"] for f in planned["files"])
+    assert all(s["parts"] == 1 for s in planned["processes"]), "one data file per process"
+    surgery.convert(folder, f"{tmp_path}/dcp/", jobs=2)
+    written = {p.name: p.stat().st_size for p in (tmp_path / "dcp").iterdir()}
+    assert {os.path.basename(f["path"]) for f in planned["files"]} == set(written)
+    for f in planned["files"]:
+        got = written[os.path.basename(f["path"])]
+        assert abs(f["nbytes"] - got) <= 0.02 * got + 4096, (f, got)
 
 
 def test_shards_are_dealt_evenly_and_each_once():
     sizes = [900, 100, 500, 500, 400, 300, 300, 50]
-    work = [ShardWork(f"s{i}", [], n) for i, n in enumerate(sizes)]
+    work = [Part(f"s{i}", [], n) for i, n in enumerate(sizes)]
     parts = assign(work, 3)
     assert sorted(s.path for part in parts for s in part) == sorted(w.path for w in work)
     loads = [sum(s.nbytes for s in part) for part in parts]
@@ -209,7 +288,7 @@ def test_a_reading_that_disagrees_with_the_plan_is_refused(tmp_path):
 
     save_file({"w": np.zeros((4, 4), np.float32)}, str(tmp_path / "a.safetensors"))
     table = dict(surgery.load(tmp_path / "a.safetensors").tensors())
-    shard = ShardWork(str(tmp_path / "out.safetensors"), ["w"], 64)
+    shard = Part(str(tmp_path / "out.safetensors"), ["w"], 64)
     with pytest.raises(SurgeryError, match=r"w was float32\[4, 8\] when the conversion was planned and is float32\[4, 4\]"):
         write_planned(table, "a.safetensors", shard, [("w", (4, 8), "float32")])
     assert not (tmp_path / "out.safetensors").exists()
@@ -259,6 +338,17 @@ def test_two_torchrun_ranks_write_parts_of_one_file(trainer_ckpt, tmp_path):
     from safetensors.numpy import load_file
 
     _assert_model(load_file(str(out)), model)
+
+
+def test_two_torchrun_ranks_write_a_dcp_folder_one_data_file_each(trainer_ckpt, tmp_path):
+    folder, model = trainer_ckpt
+    out = tmp_path / "dcp"
+    result = _torchrun("convert", folder, f"{out}/", log=tmp_path / "log")
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = {rank: (tmp_path / "log" / f"rank{rank}").read_text().split() for rank in (0, 1)}
+    assert sorted(written[0] + written[1]) == ["__0_0.distcp", "__1_0.distcp"], written
+    assert sorted(p.name for p in out.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp"]
+    _assert_model(_dcp_model(out, model), model)
 
 
 def test_a_rank_that_fails_a_part_of_one_file_leaves_the_old_file(trainer_ckpt, tmp_path):

@@ -19,6 +19,13 @@ def dtype_name(torch_dtype: Any) -> str:
     return str(torch_dtype).removeprefix("torch.")
 
 
+def torch_dtype(name: str) -> Any:
+    """The torch dtype of surgery's dtype name (``"bfloat16"`` -> ``torch.bfloat16``)."""
+    import torch
+
+    return getattr(torch, name)
+
+
 def to_numpy(tensor: Any) -> np.ndarray:
     """A CPU tensor as a numpy array of the same dtype (bfloat16/float8 as ml_dtypes), no copy when contiguous."""
     import torch

@@ -34,6 +34,7 @@ from ...errors import fail, first_line
 from ...graph import LayerGraph, Param
 from ...io import atomic_folder, recover_folder
 from ...kinds import graph_of_params
+from ...parts import Part, WriteParts, runs
 from ..safetensors import is_count
 from . import records
 from .common import dtype_name
@@ -265,6 +266,7 @@ def _read_chunk(path: str, offset: int, length: int, fqn: str) -> np.ndarray:
 
 
 MULTI_FILE = True   # a folder: written beside the target, then renamed over it
+SPLITS = True   # several processes can write its parts (surgery.parts, surgery.parallel)
 
 
 @dataclass
@@ -338,7 +340,7 @@ RECORD_OVERHEAD = 1600
 METADATA_ENTRY = 200
 
 
-def planned_files(graph: LayerGraph, path: str, **_: Any) -> list[tuple[str, int, int, bool]]:
+def planned_files(graph: LayerGraph, path: str, *, processes: int = 1, **_: Any) -> list[tuple[str, int, int, bool]]:
     """``(file, bytes, tensors, exact)`` that ``write`` would make, from shapes and the template's metadata.
 
     Raises:
@@ -349,19 +351,23 @@ def planned_files(graph: LayerGraph, path: str, **_: Any) -> list[tuple[str, int
     template = template_for(graph, target)
     if template is not None:
         check_fits(template, graph, target)
-    count = sum(1 for _ in graph.tensors())
-    data = sum(p.nbytes + RECORD_OVERHEAD for _, p in graph.tensors())
-    entries = count
+    parts = data_parts(graph, target, processes) if processes > 1 else []
+    files = [(part.path, part.nbytes + RECORD_OVERHEAD * len(part.keys), len(part.keys), False) for part in parts]
+    count = 0 if parts else sum(1 for _ in graph.tensors())
+    data = 0 if parts else sum(p.nbytes + RECORD_OVERHEAD for _, p in graph.tensors())
+    entries = sum(1 for _ in graph.tensors())
     if template is not None:
         kept = set(template.kept())
         data += sum(info.length for index, info in template.meta.storage_data.items() if index.fqn in kept)
         count += sum(1 for fqn in _tensor_entries(template.meta) if fqn in kept)
         entries += len(kept)
-    return [(os.path.join(target, DATA_FILE), data, count, False),
-            (os.path.join(target, METADATA), entries * METADATA_ENTRY, 0, False)]
+    if count or not parts:
+        files.append((os.path.join(target, _data_file(len(parts))), data, count, False))
+    return [*files, (os.path.join(target, METADATA), entries * METADATA_ENTRY, 0, False)]
 
 
-def write(graph: LayerGraph, path: str, **_: Any) -> None:
+def write(graph: LayerGraph, path: str, *, write_parts: WriteParts | None = None, processes: int = 1,
+          **_: Any) -> None:
     """Write the graph as a DCP folder that ``torch.distributed.checkpoint.load`` reads into a model's state_dict.
 
     One process writes one data file, ``__0_0.distcp``: each tensor one ``torch.save`` record appended
@@ -369,6 +375,10 @@ def write(graph: LayerGraph, path: str, **_: Any) -> None:
     names, at the top level (load into ``model.state_dict()``), or, over a trainer checkpoint
     (``template_for``), under its model's key, with every other entry of it (optimizer state,
     counters) copied byte for byte. The folder appears only when complete.
+
+    ``write_parts``, when given, writes the tensors instead of this process (``surgery.parallel``):
+    one data file ``__<i>_0.distcp`` per process (``data_parts``), the places of its records coming
+    back here; this process copies the kept entries into a file of its own and writes ``.metadata``.
 
     Raises:
         FormatError: the trainer checkpoint's state does not fit these weights (``check_fits``).
@@ -379,34 +389,82 @@ def write(graph: LayerGraph, path: str, **_: Any) -> None:
     if template is not None:
         check_fits(template, graph, target)
     with atomic_folder(target) as tmp:
-        _write_into(graph, tmp, template)
+        if write_parts is None:
+            places = [(DATA_FILE, write_records(os.path.join(tmp, DATA_FILE), list(graph.tensors())))]
+            kept_file = DATA_FILE   # the kept entries follow the tensors
+        else:
+            parts = data_parts(graph, tmp, processes, target=target)
+            places = [(os.path.basename(p.path), found) for p, found in zip(parts, write_parts(parts))]
+            kept_file = _data_file(len(parts))   # a file of this process's own: the parts may be on other ranks
+        _write_metadata(graph, tmp, template, places, kept_file)
 
 
-def _write_into(graph: LayerGraph, folder: str, template: Template | None) -> None:
+def planned_parts(graph: LayerGraph, path: str, *, processes: int, **_: Any) -> list[Part]:
+    """The data files a write split across ``processes`` would hand out."""
+    return data_parts(graph, os.path.abspath(path.rstrip("/\\")), processes)
+
+
+def _data_file(i: int) -> str:
+    return f"__{i}_0.distcp"
+
+
+def data_parts(graph: LayerGraph, folder: str, processes: int, *, target: str | None = None) -> list[Part]:
+    """The data files of a split write: the tensors in runs of about equal bytes, one file per process."""
+    sizes = [(key, param.nbytes) for key, param in graph.tensors()]
+    return [Part(os.path.join(folder, _data_file(i)), keys, nbytes, target=target, kind="records")
+            for i, (keys, nbytes) in enumerate(runs(sizes, processes))]
+
+
+def write_records(path: str, tensors: list[tuple[str, Param]]) -> list[tuple[str, int, int]]:
+    """A data file of one ``torch.save`` record per tensor, one tensor in memory at a time; each record's (key, offset, length)."""
+    import torch
+
+    from .common import to_tensor
+
+    places = []
+    with open(path, "wb") as f:
+        for key, param in tensors:
+            tensor = to_tensor(param.read())
+            if dtype_name(tensor.dtype) != param.dtype or tuple(tensor.shape) != param.shape:
+                raise fail(path, f"{key}: read as {dtype_name(tensor.dtype)}{list(tensor.shape)}, "
+                                 f"described as {param.dtype}{list(param.shape)}")
+            buffer = io.BytesIO()
+            torch.save(tensor, buffer)
+            places.append((key, f.tell(), buffer.getbuffer().nbytes))
+            f.write(buffer.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())
+    return places
+
+
+def _write_metadata(graph: LayerGraph, folder: str, template: Template | None,
+                    places: list[tuple[str, list[tuple[str, int, int]]]], kept_file: str) -> None:
+    """``.metadata`` for the records at ``places`` (data file, [(key, offset, length)]), and the template's
+    kept entries, copied into ``kept_file``."""
     import torch
     from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
                                                        TensorProperties, TensorStorageMetadata)
 
     from ...io import fsync_path
-    from .common import to_tensor
+    from .common import torch_dtype
 
+    table = dict(graph.tensors())
     entries, storage, planner = {}, {}, {}
     prefix = f"{template.root}." if template else ""
-    with open(os.path.join(folder, DATA_FILE), "wb") as f:
-        for key, param in graph.tensors():
-            tensor = to_tensor(param.read())
-            buffer = io.BytesIO()
-            torch.save(tensor, buffer)
-            fqn, origin = prefix + key, torch.Size([0] * tensor.dim())
-            entries[fqn] = TensorStorageMetadata(TensorProperties(dtype=tensor.dtype), tensor.shape,
-                                                 [ChunkStorageMetadata(offsets=origin, sizes=tensor.shape)])
-            storage[MetadataIndex(fqn, origin, 0)] = _storage_info(f.tell(), buffer.getbuffer().nbytes)
-            f.write(buffer.getbuffer())
+    for relative, found in places:
+        for key, offset, length in found:
+            param = table[key]
+            fqn, shape = prefix + key, torch.Size(param.shape)
+            origin = torch.Size([0] * len(shape))
+            entries[fqn] = TensorStorageMetadata(TensorProperties(dtype=torch_dtype(param.dtype)), shape,
+                                                 [ChunkStorageMetadata(offsets=origin, sizes=shape)])
+            storage[MetadataIndex(fqn, origin, 0)] = _storage_info(relative, offset, length)
             planner[fqn] = (template.root, key) if template else (key,)
-        if template is not None:
-            _copy_kept(template, f, entries, storage, planner)
-        f.flush()
-        os.fsync(f.fileno())
+    if template is not None:
+        with open(os.path.join(folder, kept_file), "ab") as f:
+            _copy_kept(template, f, kept_file, entries, storage, planner)
+            f.flush()
+            os.fsync(f.fileno())
     meta = Metadata(entries, planner_data=planner, storage_data=storage)
     with open(os.path.join(folder, METADATA), "wb") as f:
         pickle.dump(meta, f)
@@ -415,19 +473,20 @@ def _write_into(graph: LayerGraph, folder: str, template: Template | None) -> No
     fsync_path(folder)
 
 
-def _storage_info(offset: int, length: int, like: Any = None) -> Any:
-    """Where a record is in the one data file written (``like``'s other fields, such as transforms, kept)."""
+def _storage_info(relative: str, offset: int, length: int, like: Any = None) -> Any:
+    """Where a record is: its data file, offset and length (``like``'s other fields, such as transforms, kept)."""
     import dataclasses
 
     from torch.distributed.checkpoint.filesystem import _StorageInfo
 
     if like is None:
-        return _StorageInfo(DATA_FILE, offset, length)
-    return dataclasses.replace(like, relative_path=DATA_FILE, offset=offset)
+        return _StorageInfo(relative, offset, length)
+    return dataclasses.replace(like, relative_path=relative, offset=offset)
 
 
-def _copy_kept(template: Template, out: Any, entries: dict, storage: dict, planner: dict) -> None:
-    """Append every record of the template that is not the model's, as its bytes are (never unpickled)."""
+def _copy_kept(template: Template, out: Any, relative: str, entries: dict, storage: dict, planner: dict) -> None:
+    """Append every record of the template that is not the model's to ``out`` (the data file ``relative``),
+    as its bytes are (never unpickled)."""
     paths = template.meta.planner_data or {}
     kept = template.kept()
     for fqn in kept:
@@ -437,9 +496,9 @@ def _copy_kept(template: Template, out: Any, entries: dict, storage: dict, plann
     kept_set = set(kept)
     records = sorted(((info.relative_path, info.offset, index, info) for index, info in template.meta.storage_data.items()
                       if index.fqn in kept_set), key=lambda r: r[:2])
-    for relative, offset, index, info in records:
-        storage[index] = _storage_info(out.tell(), info.length, like=info)
-        _copy_span(os.path.join(template.folder, relative), offset, info.length, out, index.fqn)
+    for source, offset, index, info in records:
+        storage[index] = _storage_info(relative, out.tell(), info.length, like=info)
+        _copy_span(os.path.join(template.folder, source), offset, info.length, out, index.fqn)
 
 
 def _copy_span(path: str, offset: int, length: int, out: Any, fqn: str) -> None:

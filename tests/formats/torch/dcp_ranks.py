@@ -27,7 +27,7 @@ def net():
     return nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 2))
 
 
-def main(rank: int, written: str, saved: str, out: str, store: str) -> None:
+def main(rank: int, written: str, saved: str, out: str, store: str, split: str) -> None:
     import torch
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
@@ -41,15 +41,16 @@ def main(rank: int, written: str, saved: str, out: str, store: str) -> None:
                             timeout=datetime.timedelta(seconds=60))
     try:
         mesh = init_device_mesh("cpu", (WORLD,))
-        torch.manual_seed(1)   # not the weights written: a load that does nothing shows
-        model = fully_shard(net(), mesh=mesh)
-        state = get_model_state_dict(model)
-        dcp.load(state, checkpoint_id=written)
-        set_model_state_dict(model, state)
-        full = net().state_dict()
-        dcp.load(full, checkpoint_id=written)
-        shards = {k: v.to_local().clone() for k, v in model.state_dict().items()}
-        torch.save({"shards": shards, "full": full}, os.path.join(out, f"loaded-{rank}.pt"))
+        for folder, name in [(split, "loaded-split"), (written, "loaded")]:   # written by two processes, by one
+            torch.manual_seed(1)   # not the weights written: a load that does nothing shows
+            model = fully_shard(net(), mesh=mesh)
+            state = get_model_state_dict(model)
+            dcp.load(state, checkpoint_id=folder)
+            set_model_state_dict(model, state)
+            full = net().state_dict()
+            dcp.load(full, checkpoint_id=folder)
+            shards = {k: v.to_local().clone() for k, v in model.state_dict().items()}
+            torch.save({"shards": shards, "full": full}, os.path.join(out, f"{name}-{rank}.pt"))
 
         optim = torch.optim.Adam(model.parameters(), lr=0.1)
         model(torch.randn(8, 4, generator=torch.Generator().manual_seed(2))).square().sum().backward()

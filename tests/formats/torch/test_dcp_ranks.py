@@ -28,21 +28,31 @@ def job(tmp_path_factory) -> types.SimpleNamespace:
     source = {k: torch.randn_like(v) for k, v in dcp_ranks.net().state_dict().items()}   # LayerNorm's too
     save_file(source, str(tmp / "model.safetensors"))
     surgery.convert(tmp / "model.safetensors", f"{tmp / 'written'}/")
-    mp.spawn(dcp_ranks.main, args=(str(tmp / "written"), str(tmp / "saved"), str(tmp), str(tmp / "store")),
-             nprocs=dcp_ranks.WORLD, join=True)
-    loaded = [torch.load(tmp / f"loaded-{rank}.pt", weights_only=True) for rank in range(dcp_ranks.WORLD)]
+    surgery.convert(tmp / "model.safetensors", f"{tmp / 'split'}/", jobs=2)   # one data file per worker
+    mp.spawn(dcp_ranks.main, args=(str(tmp / "written"), str(tmp / "saved"), str(tmp), str(tmp / "store"),
+                                   str(tmp / "split")), nprocs=dcp_ranks.WORLD, join=True)
+    loaded = {name: [torch.load(tmp / f"{name}-{rank}.pt", weights_only=True) for rank in range(dcp_ranks.WORLD)]
+              for name in ("loaded", "loaded-split")}
     trained = torch.load(tmp / "trained.pt", weights_only=True)
     return types.SimpleNamespace(tmp=tmp, source=source, loaded=loaded, trained=trained, saved=tmp / "saved")
 
 
-def test_written_by_surgery_each_rank_loads_its_own_rows(job):
+@pytest.mark.parametrize("written", ["loaded", "loaded-split"])
+def test_written_by_surgery_each_rank_loads_its_own_rows(job, written):
     initial = (torch.manual_seed(1), dcp_ranks.net().state_dict())[1]
     for key, tensor in job.source.items():
         assert not torch.equal(initial[key], tensor), f"{key}: the ranks' own initial values would pass"
         rows = torch.chunk(tensor, dcp_ranks.WORLD, dim=0)   # how Shard(0) splits, unevenly where it must
-        for rank, got in enumerate(job.loaded):
+        for rank, got in enumerate(job.loaded[written]):
             assert torch.equal(got["shards"][key], rows[rank]), f"rank {rank}: {key}"
             assert torch.equal(got["full"][key], tensor), f"rank {rank}: {key} (full state_dict)"
+
+
+def test_written_by_two_workers_is_one_data_file_each(job):
+    """The folder the ranks loaded above as written by ``jobs=2``: each worker's data file, named by the metadata."""
+    meta = read_metadata(str(job.tmp / "split"))
+    assert {info.relative_path for info in meta.storage_data.values()} == {"__0_0.distcp", "__1_0.distcp"}
+    assert sorted(p.name for p in (job.tmp / "split").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
 
 
 def test_saved_by_two_ranks_is_read_by_surgery(job, run):
