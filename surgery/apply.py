@@ -141,7 +141,9 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
     name = formats.for_output(path, like=graph.format)
     copied = set(result.plan.copies()) if result else set()
     copies = getattr(formats.module(name), "COPIES_SPANS", False)
-    spanned = {k: p for k, p in graph.tensors() if k in copied and p.span is not None} if copies else {}
+    spans = {k: p.span for k, p in graph.tensors() if k in copied} if copies else {}
+    spanned = {k: p for k, p in graph.tensors() if spans.get(k) is not None and not spans[k].more}
+    pieced = {k for k, span in spans.items() if span is not None and span.more}   # examined as they are read
     examined = _in_background(examine, result.plan.src.path if result else None, spanned, tensor_hashes)
     bar = progress(graph.nbytes, desc=f"writing {os.path.basename(path)}", quiet=quiet)
 
@@ -154,7 +156,7 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
             result.stats[key] = stats
 
     on_copy = (lambda key, nbytes: bar.update(nbytes)) if copies else None
-    watched, ahead = streamed(graph, on_read, on_copy)
+    watched, ahead = streamed(graph, on_read, on_copy, read=pieced)
     try:
         with bar, full_disk_is_an_error(path):
             parts = (lambda work: split(work, bar.update)) if split else None

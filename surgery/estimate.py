@@ -131,7 +131,7 @@ def _shares(graph: LayerGraph, files: list[PlannedFile], path: str, name: str, m
 def _memory(tensors: list[tuple[str, Param]], name: str, module: Any, sources: list[LayerGraph],
             copied: bool) -> tuple[int, tuple[str, int], list[str]]:
     """Peak tensor memory writing ``tensors``, the largest tensor read, and the terms that add up to it."""
-    read = [(k, p.nbytes) for k, p in tensors if not (copied and p.span is not None)]
+    read = [(k, p.nbytes) for k, p in tensors if not (copied and p.copyable)]
     terms = []
     if copied and len(read) < len(tensors):
         terms.append(f"{len(tensors) - len(read)} tensors copied file to file, never in memory")

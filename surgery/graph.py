@@ -36,6 +36,16 @@ class Span(NamedTuple):
     offset: int
     nbytes: int
     done: Callable[[], None] | None = None
+    more: tuple["Span", ...] = ()   # where the bytes go on, in order (a tensor saved in row chunks)
+
+    def pieces(self) -> tuple["Span", ...]:
+        """Every piece of the tensor's bytes, in order."""
+        return (self, *self.more)
+
+    @property
+    def total(self) -> int:
+        """The tensor's bytes, all pieces together."""
+        return self.nbytes + sum(piece.nbytes for piece in self.more)
 
 
 class Param:
@@ -49,10 +59,13 @@ class Param:
         layout: how the native layout was turned into the canonical one
             (``"HWIO->OIHW"``), empty when they are the same.
         ident: equal for two params that are one storage (tied weights).
-        span: where its bytes lie unchanged in a file, when they do (a derived param has none).
+        span: where its bytes lie unchanged in a file, when they do (a derived param has none);
+            or a function that finds out, called the first time ``span`` is asked for (a
+            reader for which finding out costs reads: DCP records), returning None when they
+            do not lie so after all.
     """
 
-    __slots__ = ("shape", "dtype", "_load", "key", "layout", "ident", "span")
+    __slots__ = ("shape", "dtype", "_load", "key", "layout", "ident", "_span")
 
     def __init__(
         self,
@@ -63,7 +76,7 @@ class Param:
         key: str = "",
         layout: str = "",
         ident: Hashable | None = None,
-        span: Span | None = None,
+        span: "Span | Callable[[], Span | None] | None" = None,
     ) -> None:
         self.shape = tuple(int(d) for d in shape)
         self.dtype = dtype
@@ -71,7 +84,23 @@ class Param:
         self.key = key
         self.layout = layout
         self.ident = ident
-        self.span = span
+        self._span = span
+
+    @property
+    def span(self) -> Span | None:
+        """Where its bytes lie unchanged in files, found out now if the reader left that for later."""
+        if self._span is not None and not isinstance(self._span, Span):
+            self._span = self._span()
+        return self._span
+
+    @property
+    def copyable(self) -> bool:
+        """Whether its bytes lie (or, not yet found out, should lie) unchanged in files; reads nothing."""
+        return self._span is not None
+
+    def renamed(self, key: str, *, layout: str = "", ident: Hashable | None = None) -> "Param":
+        """The same bytes under another name (a transplant's unchanged copy), its span kept, found out or not."""
+        return Param(self.shape, self.dtype, self.read, key=key, layout=layout, ident=ident, span=self._span)
 
     @classmethod
     def from_array(cls, arr: np.ndarray, *, key: str = "", ident: Hashable | None = None) -> "Param":

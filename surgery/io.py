@@ -296,12 +296,20 @@ def span_loader(path: str, offset: int, nbytes: int, dtype: "DType",
 
 
 def copy_span(span: "Span", out: IO[bytes]) -> None:
-    """Append a span of another file to ``out`` (a file opened for writing), then call ``span.done``.
+    """Append a span of another file (all its pieces, in order) to ``out`` (a file opened for writing),
+    then call ``span.done``.
 
     The bytes go file to file in the kernel (``os.copy_file_range``), never through user
     space, as ``cp`` copies; where the kernel cannot, they are read and written in blocks.
     """
     out.flush()
+    for piece in span.pieces():
+        _copy_piece(piece, out)
+    if span.done is not None:
+        span.done()
+
+
+def _copy_piece(span: "Span", out: IO[bytes]) -> None:
     start = out.tell()
     done = 0
     with open(span.path, "rb") as src:
@@ -316,8 +324,6 @@ def copy_span(span: "Span", out: IO[bytes]) -> None:
             out.write(block)
             done += len(block)
     out.seek(start + span.nbytes)
-    if span.done is not None:
-        span.done()
 
 
 def _kernel_copy(src: int, dst: int, span: "Span", start: int) -> int:

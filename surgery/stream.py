@@ -16,7 +16,7 @@ every tensor is read (and reported to ``on_read``).
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -54,18 +54,22 @@ class ReadAhead:
         self._pool.shutdown(wait=True)
 
 
-def streamed(graph: LayerGraph, on_read: OnRead, on_copy: OnCopy | None = None) -> tuple[LayerGraph, ReadAhead]:
+def streamed(graph: LayerGraph, on_read: OnRead, on_copy: OnCopy | None = None,
+             read: Iterable[str] = ()) -> tuple[LayerGraph, ReadAhead]:
     """The same graph whose params read ahead and report each array to ``on_read``.
 
-    Close the returned ReadAhead when the writer is done.
+    With ``on_copy``, a param with a span keeps it (a raw-bytes writer copies it file to file
+    and reports it there), except the keys in ``read``. Close the returned ReadAhead when the
+    writer is done.
     """
+    read = set(read)
     loads: dict[str, Callable[[], np.ndarray]] = {}
     spans: dict[str, Span] = {}
     order: list[str] = []
     seen: set = set()
     for key, param in graph.tensors():
         loads[key] = _reporting(param, key, on_read)
-        if on_copy is not None and param.span is not None:
+        if on_copy is not None and key not in read and param.span is not None:
             spans[key] = param.span._replace(done=lambda k=key, n=param.nbytes: on_copy(k, n))
         elif param.ident is None or param.ident not in seen:  # a tied alias is not read again
             order.append(key)

@@ -152,8 +152,10 @@ def tensor_copy(plan: Plan, dst_key: str, dst_param: Param, fed: adapters.Feed) 
         param, transform = param.derived(cast, dtype=dst_param.dtype), f"{transform}, {cast.name}"
         plan.warnings.append(f"{dst_key}: dtype cast {fed.param.dtype} -> {dst_param.dtype}")
     ident = ("copy", fed.param.ident, transform) if fed.param.ident is not None else None
-    span = fed.param.span if param is fed.param else None   # unchanged bytes: a raw writer copies them file to file
-    final = Param(param.shape, param.dtype, param.read, key=dst_key, layout=transform, ident=ident, span=span)
+    if param is fed.param:   # unchanged bytes: its span kept, so a raw writer copies them file to file
+        final = param.renamed(dst_key, layout=transform, ident=ident)
+    else:
+        final = Param(param.shape, param.dtype, param.read, key=dst_key, layout=transform, ident=ident)
     return TensorCopy(dst_key, fed.sources, transform, fed.param.shape, dst_param.shape, final)
 
 

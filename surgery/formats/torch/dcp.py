@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import fail, first_line
-from ...graph import LayerGraph, Param
+from ...graph import LayerGraph, Param, Span
 from ...io import atomic_folder, recover_folder
 from ...kinds import graph_of_params
 from ...parts import Part, WriteParts, runs
@@ -219,7 +219,32 @@ def _param(folder: str, storage: dict[tuple[int, ...], Any], fqn: str, entry: An
             out[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))] = piece
         return out
 
-    return Param(shape, dtype, load, key=fqn)
+    rows = all(offsets[1:] == (0,) * (len(shape) - 1) and sizes[1:] == shape[1:] for offsets, sizes in chunks)
+    span = (lambda: _row_span(folder, storage, chunks, dtype)) if rows else None
+    return Param(shape, dtype, load, key=fqn, span=span)
+
+
+def _row_span(folder: str, storage: dict[tuple[int, ...], Any], chunks: list[tuple[tuple[int, ...], tuple[int, ...]]],
+              dtype: str) -> Span | None:
+    """Where a tensor saved in whole rows (the chunks of FSDP's ``Shard(0)``, or one chunk) lies in its
+    records, in order: its bytes copied file to file by a raw writer. None when a record holds its
+    chunk otherwise than as one contiguous run of the dtype the metadata says (then it is read)."""
+    pieces = []
+    for offsets, sizes in sorted(chunks):
+        if not math.prod(sizes):
+            continue
+        info = storage[offsets]
+        path = os.path.join(folder, info.relative_path)
+        try:
+            found = records.record_bytes(path, info.offset, info.length)
+        except Exception:  # noqa: BLE001 (reading the chunk names what is wrong with it)
+            return None
+        if found is None or found[2] != dtype or found[3] != sizes:
+            return None
+        pieces.append(Span(path, found[0], found[1]))
+    if not pieces:
+        return None
+    return pieces[0]._replace(more=tuple(pieces[1:]))
 
 
 def _geometry(folder: str, fqn: str, entry: Any) -> tuple[tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, ...]]]]:

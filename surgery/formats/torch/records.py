@@ -14,6 +14,7 @@ pickle torch's own classes.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import pickletools
 import struct
@@ -223,48 +224,87 @@ class _Window(io.RawIOBase):
         return len(data)
 
 
+class Located(NamedTuple):
+    """A ``torch.save`` record's one tensor: its description and where its storage's bytes start in the file."""
+
+    tensor: _TensorRef
+    data_at: int
+    itemsize: int
+    extent: int   # elements of the storage the tensor reaches, from its offset
+
+
+def locate(f: Any, offset: int, length: int) -> Located:
+    """Find the one tensor of the ``torch.save`` record at ``[offset, offset + length)`` of the open file ``f``.
+
+    Raises ValueError (or zipfile/pickle errors) for anything else; the caller names the chunk.
+    """
+    window = _Window(f, offset, length)
+    with zipfile.ZipFile(window) as archive:
+        names = archive.namelist()
+        pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
+        if pkl is None:
+            raise ValueError("no data.pkl in the record")
+        prefix = pkl[: -len("data.pkl")]
+        if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() not in (b"little", b""):
+            raise ValueError("a big-endian record")
+        pickled = archive.read(pkl)
+        _check_memo(pickled)
+        tensor = _RecordUnpickler(io.BytesIO(pickled)).load()
+        if not isinstance(tensor, _TensorRef):
+            raise ValueError(f"the record holds {type(tensor).__name__}, not one tensor")
+        info = archive.getinfo(f"{prefix}data/{tensor.storage.key}")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError("a compressed storage")
+        window.seek(info.header_offset)
+        local = window.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError("a damaged zip entry")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        data_at = offset + info.header_offset + 30 + name_len + extra_len
+    itemsize = dtypes.get(tensor.storage.dtype).itemsize
+    if tensor.storage.numel * itemsize > info.file_size:
+        raise ValueError(f"its storage says {tensor.storage.numel} elements, the record holds {info.file_size} bytes")
+    extent = 1 + sum((d - 1) * s for d, s in zip(tensor.shape, tensor.stride)) if all(tensor.shape) else 0
+    if tensor.offset < 0 or tensor.offset + extent > tensor.storage.numel or any(s < 0 for s in tensor.stride):
+        raise ValueError("the tensor reaches outside its storage")
+    if data_at + (tensor.offset + extent) * itemsize > offset + length:
+        raise ValueError("the tensor's bytes reach past the end of its record")
+    return Located(tensor, data_at, itemsize, extent)
+
+
 def read_record(path: str, offset: int, length: int) -> np.ndarray:
     """The one tensor a ``torch.save`` archive at ``[offset, offset + length)`` of ``path`` holds.
 
     Raises ValueError (or zipfile/pickle errors) for anything else; the caller names the chunk.
     """
     with open(path, "rb") as f:
-        window = _Window(f, offset, length)
-        with zipfile.ZipFile(window) as archive:
-            names = archive.namelist()
-            pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            if pkl is None:
-                raise ValueError("no data.pkl in the record")
-            prefix = pkl[: -len("data.pkl")]
-            if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() not in (b"little", b""):
-                raise ValueError("a big-endian record")
-            pickled = archive.read(pkl)
-            _check_memo(pickled)
-            tensor = _RecordUnpickler(io.BytesIO(pickled)).load()
-            if not isinstance(tensor, _TensorRef):
-                raise ValueError(f"the record holds {type(tensor).__name__}, not one tensor")
-            info = archive.getinfo(f"{prefix}data/{tensor.storage.key}")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise ValueError("a compressed storage")
-            window.seek(info.header_offset)
-            local = window.read(30)
-            if len(local) != 30 or local[:4] != b"PK\x03\x04":
-                raise ValueError("a damaged zip entry")
-            name_len, extra_len = struct.unpack("<HH", local[26:30])
-            data_at = offset + info.header_offset + 30 + name_len + extra_len
-        np_dtype = dtypes.get(tensor.storage.dtype).numpy
-        itemsize = np.dtype(np_dtype).itemsize
-        if tensor.storage.numel * itemsize > info.file_size:
-            raise ValueError(f"its storage says {tensor.storage.numel} elements, the record holds {info.file_size} bytes")
-        extent = 1 + sum((d - 1) * s for d, s in zip(tensor.shape, tensor.stride)) if all(tensor.shape) else 0
-        if tensor.offset < 0 or tensor.offset + extent > tensor.storage.numel or any(s < 0 for s in tensor.stride):
-            raise ValueError("the tensor reaches outside its storage")
-        f.seek(data_at + tensor.offset * itemsize)
+        found = locate(f, offset, length)
+        tensor, extent, itemsize = found.tensor, found.extent, found.itemsize
+        f.seek(found.data_at + tensor.offset * itemsize)
         raw = f.read(extent * itemsize)
     if len(raw) != extent * itemsize:
         raise ValueError("the file ends inside the record (truncated?)")
+    np_dtype = dtypes.get(tensor.storage.dtype).numpy
     flat = np.frombuffer(raw, dtype=np_dtype)
     if not extent:
         return np.empty(tensor.shape, np_dtype)
     strides = tuple(s * itemsize for s in tensor.stride)
     return np.lib.stride_tricks.as_strided(flat, shape=tensor.shape, strides=strides)
+
+
+def record_bytes(path: str, offset: int, length: int) -> tuple[int, int, str, tuple[int, ...]] | None:
+    """Where the record's tensor lies in ``path`` exactly as it reads (C order): ``(offset, bytes, dtype, shape)``;
+    None when its elements are not one contiguous run of its storage (a strided view)."""
+    with open(path, "rb") as f:
+        found = locate(f, offset, length)
+    tensor = found.tensor
+    contiguous, step = True, 1
+    for d, s in reversed(list(zip(tensor.shape, tensor.stride))):
+        if d != 1 and s != step:
+            contiguous = False
+        step *= d
+    if not contiguous:
+        return None
+    numel = math.prod(tensor.shape)
+    return (found.data_at + tensor.offset * found.itemsize, numel * found.itemsize, tensor.storage.dtype,
+            tuple(tensor.shape))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import warnings
@@ -236,3 +237,82 @@ def test_the_model_non_tensor_entries_of_a_trainer_checkpoint_are_kept(run, tmp_
     everything = torch.load(tmp_path / "all.pt", weights_only=True)
     assert everything["step"] == 9 and everything["model"]["w._extra_state"] == "fp8 recipe v2"
     assert torch.equal(everything["model"]["w.weight"], torch.ones(2, 3))
+
+
+def _chunked_dcp(folder, tensors: dict[str, tuple[torch.Tensor, list[tuple[tuple[slice, ...], int]]]],
+                 view: set[str] = frozenset()) -> None:
+    """A DCP folder of ``tensors``, each saved as the chunks given (``(index, rank)``: which rank's file holds it),
+    one ``torch.save`` record per chunk appended to its rank's file, as DCP's writer lays them out. A tensor in
+    ``view`` has its chunks saved as strided views (column-major storage) instead of clones."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
+                                                       TensorProperties, TensorStorageMetadata)
+
+    folder.mkdir()
+    entries, storage, files = {}, {}, {}
+    for name, (full, chunks) in tensors.items():
+        metas = []
+        for index, rank in chunks:
+            piece = full[index].t().contiguous().t() if name in view else full[index].clone()
+            buffer = io.BytesIO()
+            torch.save(piece, buffer)
+            data = files.setdefault(rank, bytearray())
+            offsets = torch.Size([s.start or 0 for s in index] + [0] * (full.dim() - len(index)))
+            storage[MetadataIndex(name, offsets, len(metas))] = _StorageInfo(f"__{rank}_0.distcp", len(data),
+                                                                             len(buffer.getvalue()))
+            data += buffer.getvalue()
+            metas.append(ChunkStorageMetadata(offsets=offsets, sizes=piece.shape))
+        entries[name] = TensorStorageMetadata(TensorProperties(dtype=full.dtype), full.shape, metas)
+    for rank, data in files.items():
+        (folder / f"__{rank}_0.distcp").write_bytes(bytes(data))
+    (folder / ".metadata").write_bytes(pickle.dumps(Metadata(entries, storage_data=storage)))
+
+
+def test_tensors_saved_in_rows_go_file_to_file_the_others_are_read(tmp_path, monkeypatch):
+    """Row chunks (FSDP's Shard(0)) are the tensor's bytes in order: DCP -> safetensors copies them in the
+    kernel, never reading them; column chunks and strided records are read and assembled. Every tensor as
+    torch's own load gives it."""
+    from safetensors.torch import load_file
+
+    from surgery.formats.torch import records
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(7, 5, generator=g)
+    cols = torch.randn(4, 6, generator=g)
+    strided = torch.randn(6, 3, generator=g)
+    tensors = {
+        "rows.weight": (rows, [((slice(0, 3),), 0), ((slice(3, 5),), 1), ((slice(5, 7),), 0)]),
+        "half.weight": (torch.randn(4, 8, generator=g).to(torch.bfloat16), [((slice(0, 2),), 1), ((slice(2, 4),), 0)]),
+        "one.bias": (torch.randn(9, generator=g), [((slice(0, 9),), 1)]),
+        "scalar": (torch.tensor(3.5), [((), 0)]),
+        "cols.weight": (cols, [((slice(None), slice(0, 3)), 0), ((slice(None), slice(3, 6)), 1)]),
+        "strided.weight": (strided, [((slice(0, 3),), 0), ((slice(3, 6),), 1)]),
+    }
+    folder = tmp_path / "ckpt"
+    _chunked_dcp(folder, tensors, view={"strided.weight"})
+    graph = surgery.load(folder)
+    params = dict(graph.tensors())
+    assert len(params["rows.weight"].span.pieces()) == 3 and params["rows.weight"].span.total == rows.numel() * 4
+    assert not params["cols.weight"].copyable
+    assert params["strided.weight"].copyable and params["strided.weight"].span is None   # found out: read instead
+
+    read = []
+    real = records.read_record
+    monkeypatch.setattr(records, "read_record", lambda path, offset, length: read.append(path) or real(path, offset, length))
+    surgery.convert(folder, tmp_path / "model.safetensors")
+    assert len(read) == 4, f"only the column and strided chunks are read: {read}"
+    got = load_file(str(tmp_path / "model.safetensors"))
+    want = _oracle(folder, {name: torch.zeros_like(full) for name, (full, _) in tensors.items()})
+    assert set(got) == set(want)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+        assert torch.equal(want[name], tensors[name][0]), name   # the oracle agrees with what was saved
+
+
+def test_dry_run_counts_rows_as_copied_file_to_file(run, tmp_path):
+    g = torch.Generator().manual_seed(1)
+    _chunked_dcp(tmp_path / "ckpt", {"a.weight": (torch.randn(8, 4, generator=g), [((slice(0, 4),), 0), ((slice(4, 8),), 1)])})
+    result = run("convert", tmp_path / "ckpt", tmp_path / "model.safetensors", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    planned = json.loads(result.output)
+    assert planned["peak_tensor_bytes"] == 0 and "1 tensors copied file to file" in planned["peak_terms"][0]
