@@ -19,6 +19,8 @@ import sys
 import time
 import traceback
 
+import numpy as np
+
 
 def materialise(path: str) -> int:
     """Read ``path`` as the CLI does (detect, read, render ``inspect``) and read every tensor; returns the count."""
@@ -28,10 +30,22 @@ def materialise(path: str) -> int:
     graph = surgery.load(path)
     inspect_text(graph, tensors=True)
     count = 0
-    for _, param in graph.tensors():
-        param.read()
+    for key, param in graph.tensors():
+        arr = param.read()
+        span = param.span   # what a raw writer would copy file to file instead of reading: the same bytes
+        if span is not None and _span_bytes(span) != np.ascontiguousarray(arr).tobytes():
+            raise AssertionError(f"{key}: its span's bytes differ from what reading it gives")
         count += 1
     return count
+
+
+def _span_bytes(span) -> bytes:
+    out = bytearray()
+    for piece in span.pieces():
+        with open(piece.path, "rb") as f:
+            f.seek(piece.offset)
+            out += f.read(piece.nbytes)
+    return bytes(out)
 
 
 def judge(path: str, stem: str) -> dict:
