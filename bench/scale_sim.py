@@ -11,8 +11,9 @@
    from the metadata alone, and how long planning the whole checkpoint takes.
 3. **The work, measured**: the same conversion run for real on a slice of the same checkpoint
    (``--slice-layers`` transformer layers of the same shapes, chunked the same way; a few GB of
-   output) by one process and by ``--jobs 2``: wall time until the output is on disk, the largest
-   process's peak RSS against the dry run's prediction, and each process's throughput.
+   output) by one process and by ``--jobs 2``, twice each in the order 1, 2, 2, 1: wall time until the
+   output is on disk, the largest process's peak RSS against the dry run's prediction, and each
+   process's throughput (the mean of its two runs).
 4. **The estimate**: time for the full checkpoint on R ranks = each rank's bytes / the measured
    per-process rate, plus the measured start-up; valid while the filesystem's aggregate bandwidth
    keeps up with R processes (the sparse input makes the reading free here: the rate is the
@@ -29,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +46,7 @@ HIDDEN, INTERMEDIATE, LAYERS, VOCAB, HEADS, KV_HEADS = 16384, 53248, 126, 128256
 SHARD = "5GB"          # what Hugging Face publishes such a model in
 SLICE_SHARD = "1GB"    # the slice's shards: enough of them to split between two processes
 RANKS = (8, 32, 64)
+ORDER = (1, 2, 2, 1)   # the slice's runs: processes of each
 
 
 def shapes(layers: int, ends: bool = True) -> list[tuple[str, tuple[int, ...]]]:
@@ -188,8 +191,8 @@ def report(work: str, args: argparse.Namespace) -> None:
           f"-> sharded safetensors ({SLICE_SHARD} shards), output on this machine's disk, caches dropped")
     print(f"{'processes':>9} {'wall s':>7} {'to disk s':>9} {'peak RSS GiB':>13} {'predicted GiB':>14} "
           f"{'MB/s per process':>17}")
-    rates = {}
-    for jobs in (1, 2):
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for jobs in ORDER:   # 1, 2, 2, 1: a disk slower early or late in the run hits both alike
         out = os.path.join(work, f"out{jobs}")
         cmd = [*surgery_cmd(), "convert", part, os.path.join(out, "model.safetensors"), "--max-shard-size", SLICE_SHARD,
                "-q", *(["--jobs", str(jobs)] if jobs > 1 else [])]
@@ -197,10 +200,13 @@ def report(work: str, args: argparse.Namespace) -> None:
         predicted = max([s["peak_bytes"] for s in plan["processes"]] or [plan["peak_tensor_bytes"]])
         seconds, synced, rss = run_once(f"--jobs {jobs}", cmd, out, True, work)
         checked = check_output(part, out)
-        rates[jobs] = slice_bytes / synced / jobs
+        rates[jobs].append(slice_bytes / synced / jobs)
         print(f"{jobs:>9} {seconds:>7.2f} {synced:>9.2f} {rss / 1024:>13.2f} {predicted / 2**30:>14.2f} "
-              f"{rates[jobs] / 1e6:>17.0f}   ({checked})")
+              f"{rates[jobs][-1] / 1e6:>17.0f}   ({checked})", flush=True)
         shutil.rmtree(out)
+    rate = {jobs: statistics.mean(r) for jobs, r in rates.items()}
+    print(f"mean of each: one process {rate[1] / 1e6:.0f} MB/s; two {rate[2] / 1e6:.0f} MB/s each; "
+          f"two take {rate[1] / (2 * rate[2]):.2f}x the time of one")
     startup = startup_seconds(part, work)
     print(f"start-up (imports, reading the slice's metadata, planning): {startup:.2f} s")
 
@@ -209,12 +215,12 @@ def report(work: str, args: argparse.Namespace) -> None:
     print(f"{'ranks':>5} {'GB/rank':>8} {'minutes':>8} {'aggregate GB/s needed':>22}")
     for ranks in RANKS:
         busiest = max(s["read_bytes"] for s in plans[ranks]["processes"])
-        minutes = (busiest / rates[1] + startup) / 60
-        print(f"{ranks:>5} {busiest / GB:>8.1f} {minutes:>8.1f} {ranks * rates[1] / GB:>22.1f}")
-    together = 2 * rates[2] / rates[1]
+        minutes = (busiest / rate[1] + startup) / 60
+        print(f"{ranks:>5} {busiest / GB:>8.1f} {minutes:>8.1f} {ranks * rate[1] / GB:>22.1f}")
+    together = 2 * rate[2] / rate[1]
     verdict = ("the work scales with processes here: one process is bound by its core, not by the disk"
                if together >= 1.6 else "the disk, not the work, sets the pace here")
-    print(f"two processes on this machine's one disk ran at {rates[2] / rates[1]:.2f}x the rate of one each "
+    print(f"two processes on this machine's one disk ran at {rate[2] / rate[1]:.2f}x the rate of one each "
           f"({together:.2f}x together): {verdict}")
 
 

@@ -65,7 +65,7 @@ class WritePlan:
 class ProcessShare:
     """What one process of a split write reads, writes and holds (``--jobs``, ``torchrun`` ranks)."""
 
-    parts: int   # shards, or parts of one file
+    parts: int   # the parts dealt to it: shards, runs of one file, or DCP data files
     read_bytes: int
     write_bytes: int
     peak_bytes: int

@@ -1,19 +1,19 @@
 """``convert``'s work split across processes: ``--jobs N`` on one machine, the ranks of a ``torchrun`` job on several.
 
-What is split is the writing of a safetensors output: the shards of a sharded
-one, or the parts of a single file (runs of tensors whose offsets its header
-fixed before any data was read). Each part is read, converted and written by one
+What is split is the writing of the output, in parts (``surgery.parts``): the
+shards of a sharded safetensors output, the runs of tensors of a single
+safetensors file (whose header fixed their offsets before any data was read), or
+the data files of a DCP folder. Each part is read, converted and written by one
 process from its own reading of the source: the work handed out is file names,
 offsets and tensor keys, never tensors, so each process holds about one tensor
 (two with read-ahead) whatever the model's size. The process that began the work
-(the parent, or rank 0) chooses the names, writes the index or the header, and
-commits with its rename, exactly as a one-process write does
-(``safetensors.write_sharded``, ``safetensors.write``).
+(the parent, or rank 0) chooses the names, writes the index, the header or the
+``.metadata``, and commits with its rename, exactly as a one-process write does.
 
 ``--jobs`` uses a pool of spawned worker processes. Under ``torchrun`` the ranks
-are coordinated by ``torch.distributed`` (gloo, CPU): rank 0 hands out the shards
+are coordinated by ``torch.distributed`` (gloo, CPU): rank 0 hands out the parts
 with a broadcast, every rank writes its own, the outcome of each comes back with
-an all-gather, and rank 0 writes the index and tells the others how it ended.
+an all-gather, and rank 0 commits and tells the others how it ended.
 Every rank reaches every collective whatever fails, so a failure on one rank is
 an error on all, never a hang.
 """
@@ -63,25 +63,25 @@ def torchrun_world() -> tuple[int, int] | None:
 
 
 def assign(work: list[Part], count: int) -> list[list[Part]]:
-    """Shards dealt to ``count`` processes, largest first to the least loaded (bytes as even as they come)."""
-    parts: list[list[Part]] = [[] for _ in range(count)]
+    """Parts dealt to ``count`` processes, largest first to the least loaded (bytes as even as they come)."""
+    shares: list[list[Part]] = [[] for _ in range(count)]
     loads = [0] * count
-    for shard in sorted(work, key=lambda w: -w.nbytes):
+    for part in sorted(work, key=lambda w: -w.nbytes):
         least = loads.index(min(loads))
-        parts[least].append(shard)
-        loads[least] += shard.nbytes
-    return parts
+        shares[least].append(part)
+        loads[least] += part.nbytes
+    return shares
 
 
 Expected = list[tuple[str, tuple[int, ...], str]]
 
 
-def expected(table: dict[str, Param], shard: Part) -> Expected:
-    """What each key of a shard holds in the reading that planned it (``table``): another reading must agree."""
-    return [(key, table[key].shape, table[key].dtype) for key in shard.keys]
+def expected(table: dict[str, Param], part: Part) -> Expected:
+    """What each key of a part holds in the reading that planned it (``table``): another reading must agree."""
+    return [(key, table[key].shape, table[key].dtype) for key in part.keys]
 
 
-def write_planned(table: dict[str, Param], source: str, shard: Part, want: Expected) -> Any:
+def write_planned(table: dict[str, Param], source: str, part: Part, want: Expected) -> Any:
     """Write one part from this process's own reading of the source, checked against the plan's; its result."""
     tensors = []
     for key, shape, dtype in want:
@@ -93,8 +93,8 @@ def write_planned(table: dict[str, Param], source: str, shard: Part, want: Expec
         tensors.append((key, param))
     tensors, ahead = read_ahead(tensors)
     try:
-        with full_disk_is_an_error(shard.name):
-            return write_part(shard, tensors)
+        with full_disk_is_an_error(part.name):
+            return write_part(part, tensors)
     finally:
         ahead.close()
 
@@ -144,8 +144,8 @@ def _bound_to_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _work(source: Source, shard: Part, want: Expected) -> Any:
-    return write_planned(_tensors(source), source.path, shard, want)
+def _work(source: Source, part: Part, want: Expected) -> Any:
+    return write_planned(_tensors(source), source.path, part, want)
 
 
 class Workers:
@@ -195,8 +195,8 @@ class Ranks:
 
     Every rank runs the same command. Collectives, in order, the same on every rank:
     ``agree`` (all-gather: each rank's reading of the source, or its error), then on
-    rank 0's ``write_shards`` the work (broadcast: each rank's shards, or why there
-    are none), the shards' outcomes (all-gather), and the end (broadcast: None, or
+    rank 0's call the work (broadcast: each rank's parts, or why there
+    are none), the parts' outcomes (all-gather), and the end (broadcast: None, or
     the error that stopped rank 0).
     """
 
@@ -254,20 +254,20 @@ class Ranks:
 
     def __call__(self, work: list[Part], progress: Progress = lambda n: None) -> list[Any]:
         """Rank 0: deal the parts, write its own, wait for every rank's outcome; each part's result, in order."""
-        parts = assign(work, self.size)
-        dealt = [[(shard, expected(self.table, shard)) for shard in part] for part in parts]
+        shares = assign(work, self.size)
+        dealt = [[(part, expected(self.table, part)) for part in share] for share in shares]
         self._broadcast(dealt)
         self._sent = True
         outcomes = self._gather(self._write(dealt[0], progress))
-        for part, (problem, _) in zip(parts[1:], outcomes[1:]):
+        for share, (problem, _) in zip(shares[1:], outcomes[1:]):
             if problem is None:
-                progress(sum(shard.nbytes for shard in part))
+                progress(sum(part.nbytes for part in share))
         _raise_first([problem for problem, _ in outcomes])
-        placed = {id(shard): result for part, (_, results) in zip(parts, outcomes) for shard, result in zip(part, results)}
-        return [placed[id(shard)] for shard in work]
+        placed = {id(part): result for share, (_, results) in zip(shares, outcomes) for part, result in zip(share, results)}
+        return [placed[id(part)] for part in work]
 
     def lead(self, run: Callable[["Ranks"], list[str]]) -> list[str]:
-        """Rank 0: ``run`` the write with this as its shard writer, then tell the others how it ended."""
+        """Rank 0: ``run`` the write with this as its part writer, then tell the others how it ended."""
         try:
             files = run(self)
         except BaseException as e:
@@ -278,11 +278,11 @@ class Ranks:
 
     def _end(self, problem: str | None) -> None:
         if not self._sent:  # stopped before dealing the work: the others wait for it, and take a str as the end
-            problem = problem or "rank 0 ended before dealing out the shards"
+            problem = problem or "rank 0 ended before dealing out the parts"
         self._broadcast(problem)
 
     def follow(self) -> None:
-        """Any other rank: write the shards rank 0 deals to it, report, and learn how the write ended."""
+        """Any other rank: write the parts rank 0 deals to it, report, and learn how the write ended."""
         dealt = self._broadcast(None)
         if isinstance(dealt, str):
             raise SurgeryError(dealt)
@@ -295,9 +295,9 @@ class Ranks:
         """This rank's parts, written: the problem as a message for the others (or None), and each part's result."""
         results: list[Any] = []
         try:
-            for shard, want in mine:
-                results.append(write_planned(self.table, self.path, shard, want))
-                progress(shard.nbytes)
+            for part, want in mine:
+                results.append(write_planned(self.table, self.path, part, want))
+                progress(part.nbytes)
         except SurgeryError as e:
             return f"rank {self.rank}: {e}", []
         except OSError as e:
