@@ -189,9 +189,10 @@ def report(work: str, args: argparse.Namespace) -> None:
     slice_bytes = sparse_dcp(part, shapes(args.slice_layers, ends=False), args.trainer_ranks)
     print(f"\n## the work, measured: a slice of {args.slice_layers} layers of the same shapes, {slice_bytes / GB:.1f} GB, "
           f"-> sharded safetensors ({SLICE_SHARD} shards), output on this machine's disk, caches dropped")
-    print(f"{'processes':>9} {'wall s':>7} {'to disk s':>9} {'peak RSS GiB':>13} {'predicted GiB':>14} "
+    print(f"{'processes':>9} {'wall s':>7} {'to disk s':>9} {'CPU s':>6} {'peak RSS GiB':>13} {'predicted GiB':>14} "
           f"{'MB/s per process':>17}")
     rates: dict[int, list[float]] = {1: [], 2: []}
+    loads: dict[int, list[float]] = {1: [], 2: []}   # CPU seconds per second per process
     for jobs in ORDER:   # 1, 2, 2, 1: a disk slower early or late in the run hits both alike
         out = os.path.join(work, f"out{jobs}")
         cmd = [*surgery_cmd(), "convert", part, os.path.join(out, "model.safetensors"), "--max-shard-size", SLICE_SHARD,
@@ -199,12 +200,15 @@ def report(work: str, args: argparse.Namespace) -> None:
         plan, _ = dry_run(part, os.path.join(out, "model.safetensors"), SLICE_SHARD, jobs)
         predicted = max([s["peak_bytes"] for s in plan["processes"]] or [plan["peak_tensor_bytes"]])
         seconds, synced, rss = run_once(f"--jobs {jobs}", cmd, out, True, work)
+        busy = cpu_seconds(os.path.join(work, "rss.txt"))
         checked = check_output(part, out)
         rates[jobs].append(slice_bytes / synced / jobs)
-        print(f"{jobs:>9} {seconds:>7.2f} {synced:>9.2f} {rss / 1024:>13.2f} {predicted / 2**30:>14.2f} "
+        loads[jobs].append(busy / seconds / jobs)
+        print(f"{jobs:>9} {seconds:>7.2f} {synced:>9.2f} {busy:>6.1f} {rss / 1024:>13.2f} {predicted / 2**30:>14.2f} "
               f"{rates[jobs][-1] / 1e6:>17.0f}   ({checked})", flush=True)
         shutil.rmtree(out)
     rate = {jobs: statistics.mean(r) for jobs, r in rates.items()}
+    load = {jobs: statistics.mean(r) for jobs, r in loads.items()}
     print(f"mean of each: one process {rate[1] / 1e6:.0f} MB/s; two {rate[2] / 1e6:.0f} MB/s each; "
           f"two take {rate[1] / (2 * rate[2]):.2f}x the time of one")
     startup = startup_seconds(part, work)
@@ -218,10 +222,25 @@ def report(work: str, args: argparse.Namespace) -> None:
         minutes = (busiest / rate[1] + startup) / 60
         print(f"{ranks:>5} {busiest / GB:>8.1f} {minutes:>8.1f} {ranks * rate[1] / GB:>22.1f}")
     together = 2 * rate[2] / rate[1]
-    verdict = ("the work scales with processes here: one process is bound by its core, not by the disk"
-               if together >= 1.6 else "the disk, not the work, sets the pace here")
+    if load[1] >= 0.8:
+        verdict = f"one process kept its core {load[1]:.0%} busy: the core, not the disk, set its pace"
+    elif together >= 1.3:
+        verdict = (f"one process kept its core only {load[1]:.0%} busy: the disk served two writers faster than "
+                   "one (it is waiting on writes, not working)")
+    else:
+        verdict = f"one process kept its core {load[1]:.0%} busy: the disk sets the pace"
     print(f"two processes on this machine's one disk ran at {rate[2] / rate[1]:.2f}x the rate of one each "
           f"({together:.2f}x together): {verdict}")
+
+
+def cpu_seconds(report: str) -> float:
+    """User + system CPU seconds of the job and its children, from ``/usr/bin/time -v``'s report."""
+    total = 0.0
+    with open(report) as f:
+        for line in f:
+            if "User time (seconds)" in line or "System time (seconds)" in line:
+                total += float(line.rsplit(":", 1)[1])
+    return total
 
 
 def startup_seconds(ckpt: str, work: str) -> float:
