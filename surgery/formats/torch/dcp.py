@@ -204,6 +204,9 @@ def _param(folder: str, storage: dict[tuple[int, ...], Any], fqn: str, entry: An
         if not (is_count(getattr(info, "offset", None)) and is_count(getattr(info, "length", None))
                 and isinstance(getattr(info, "relative_path", None), str)):
             raise fail(folder, f"{fqn}: the storage entry of its chunk at {list(offsets)} is not a file range")
+        if os.path.isabs(info.relative_path) or os.pardir in info.relative_path.replace("\\", "/").split("/"):
+            raise fail(folder, f"{fqn}: {METADATA} puts its chunk at {list(offsets)} in {info.relative_path!r:.80}, "
+                               "outside the checkpoint's folder")
         if not os.path.isfile(os.path.join(folder, info.relative_path)):
             raise fail(folder, f"{fqn}: its data file {info.relative_path} is missing")
 

@@ -316,3 +316,17 @@ def test_dry_run_counts_rows_as_copied_file_to_file(run, tmp_path):
     assert result.exit_code == 0, result.output
     planned = json.loads(result.output)
     assert planned["peak_tensor_bytes"] == 0 and "1 tensors copied file to file" in planned["peak_terms"][0]
+
+
+@pytest.mark.parametrize("where", ["../outside.distcp", "/tmp/outside.distcp", "sub/../../outside.distcp"])
+def test_a_chunk_named_outside_the_folder_is_refused(tmp_path, where):
+    """A data file the metadata names outside the checkpoint's folder is never read (nor copied file to file)."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    _chunked_dcp(tmp_path / "ckpt", {"a.weight": (torch.ones(2, 2), [((slice(0, 2),), 0)])})
+    (tmp_path / "outside.distcp").write_bytes((tmp_path / "ckpt" / "__0_0.distcp").read_bytes())
+    meta = pickle.loads((tmp_path / "ckpt" / ".metadata").read_bytes())
+    meta.storage_data = {index: _StorageInfo(where, info.offset, info.length) for index, info in meta.storage_data.items()}
+    (tmp_path / "ckpt" / ".metadata").write_bytes(pickle.dumps(meta))
+    with pytest.raises(surgery.errors.SurgeryError, match="outside the checkpoint's folder"):
+        surgery.load(tmp_path / "ckpt")
