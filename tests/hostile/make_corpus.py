@@ -357,8 +357,8 @@ def make_zero() -> None:
 
 def make_dcp() -> None:
     """DCP folders (the trainer checkpoint of fixtures/torch/dcp_trainer) whose metadata the fuzzer broke:
-    a pickle storing into memo slot 688,482,452 (Python's unpickler would allocate gigabytes), and a chunk
-    placed outside its tensor's shape."""
+    a pickle storing into memo slot 688,482,452 (Python's unpickler would allocate gigabytes), a chunk
+    placed outside its tensor's shape, and chunks whose data file is another folder's."""
     import dataclasses
     import pickle
     import struct
@@ -375,6 +375,14 @@ def make_dcp() -> None:
     entry = meta.state_dict_metadata["model.classifier.1.weight"]
     first = entry.chunks[0]
     entry.chunks[0] = dataclasses.replace(first, sizes=type(first.sizes)([first.sizes[0] + 1, *first.sizes[1:]]))
+    meta_path.write_bytes(pickle.dumps(meta))
+
+    # every chunk's data file named through "..": another checkpoint's data file (the one beside it), whose
+    # bytes a convert would otherwise copy file to file into its output
+    meta_path = copy("dcp_data_outside") / ".metadata"
+    meta = pickle.loads(meta_path.read_bytes())
+    meta.storage_data = {index: dataclasses.replace(info, relative_path=f"../dcp_memo_bomb/{info.relative_path}")
+                         for index, info in meta.storage_data.items()}
     meta_path.write_bytes(pickle.dumps(meta))
 
 
