@@ -142,8 +142,10 @@ def save(obj: "Transplant | LayerGraph", path: str | os.PathLike, *, max_shard_s
     copied = set(result.plan.copies()) if result else set()
     copies = getattr(formats.module(name), "COPIES_SPANS", False)
     spans = {k: p.span for k, p in graph.tensors() if k in copied} if copies else {}
-    spanned = {k: p for k, p in graph.tensors() if spans.get(k) is not None and not spans[k].more}
-    pieced = {k for k, span in spans.items() if span is not None and span.more}   # examined as they are read
+    # a tensor in pieces across files (DCP rows) is counted piece by piece; its sha256 (``tensor_hashes``)
+    # needs its bytes in order, so then it is read instead, and examined as it is read
+    pieced = {k for k, span in spans.items() if span is not None and span.more} if tensor_hashes else set()
+    spanned = {k: p for k, p in graph.tensors() if spans.get(k) is not None and k not in pieced}
     examined = _in_background(examine, result.plan.src.path if result else None, spanned, tensor_hashes)
     bar = progress(graph.nbytes, desc=f"writing {os.path.basename(path)}", quiet=quiet)
 
@@ -206,8 +208,9 @@ def examine(path: str | None, spanned: dict[str, Param], tensor_hashes: bool) ->
     """
     watched: dict[str, dict[tuple[int, int, str], list[str]]] = {}
     for key, param in spanned.items():
-        span = param.span
-        watched.setdefault(os.path.realpath(span.path), {}).setdefault((span.offset, span.nbytes, param.dtype), []).append(key)
+        for piece in param.span.pieces():   # a tensor's NaN/Inf count is its pieces' sum
+            watched.setdefault(os.path.realpath(piece.path), {}).setdefault((piece.offset, piece.nbytes, param.dtype),
+                                                                            []).append(key)
     files = []
     if path and os.path.isdir(path):
         files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
@@ -277,8 +280,11 @@ def _examine_span(f: Any, path: str, span: tuple[int, int, str], keys: list[str]
                 h.update(part)
         bad += sum(dtypes.nonfinite(np.frombuffer(part, dtype=np_dtype)))
         nbytes -= n
-    for key in keys:
-        stats[key] = {"nonfinite": bad, **({"sha256": own.hexdigest()} if own is not None else {})}
+    for key in keys:   # a piece of a tensor adds to what its other pieces counted
+        entry = stats.setdefault(key, {"nonfinite": 0})
+        entry["nonfinite"] += bad
+        if own is not None:
+            entry["sha256"] = own.hexdigest()   # whole tensors only: one in pieces is read with tensor_hashes
 
 
 def write_record(result: Transplant, path: str) -> str:

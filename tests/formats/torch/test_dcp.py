@@ -330,3 +330,37 @@ def test_a_chunk_named_outside_the_folder_is_refused(tmp_path, where):
     (tmp_path / "ckpt" / ".metadata").write_bytes(pickle.dumps(meta))
     with pytest.raises(surgery.errors.SurgeryError, match="outside the checkpoint's folder"):
         surgery.load(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("tensor_hashes", [False, True])
+def test_a_transplant_from_rows_counts_nonfinite_values_piece_by_piece(tmp_path, monkeypatch, tensor_hashes):
+    """DCP rows into a safetensors destination: copied file to file and counted piece by piece (NaN/Inf in two
+    chunks of two files add up); with a report, whose sha256 needs the bytes in order, read instead."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from surgery.formats.torch import records
+
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(12, 5, generator=g)
+    weight[1, 2], weight[7, 0], weight[11, 4] = float("nan"), float("inf"), float("nan")
+    bias = torch.randn(5, generator=g)
+    _chunked_dcp(tmp_path / "ckpt", {"fc.weight": (weight, [((slice(0, 4),), 0), ((slice(4, 9),), 1), ((slice(9, 12),), 2)]),
+                                     "fc.bias": (bias, [((slice(0, 5),), 1)])})
+    save_file({"fc.weight": torch.zeros(12, 5), "fc.bias": torch.zeros(5)}, str(tmp_path / "dst.safetensors"))
+    read = []
+    real = records.read_record
+    monkeypatch.setattr(records, "read_record", lambda path, offset, length: read.append(path) or real(path, offset, length))
+    result = surgery.transplant(tmp_path / "ckpt", tmp_path / "dst.safetensors", strict=False)
+    surgery.save(result, tmp_path / "out.safetensors", tensor_hashes=tensor_hashes)
+
+    out = load_file(str(tmp_path / "out.safetensors"))
+    assert torch.equal(out["fc.weight"].nan_to_num(), weight.nan_to_num()) and torch.equal(out["fc.bias"], bias)
+    assert result.stats["fc.weight"]["nonfinite"] == 3 and result.stats["fc.bias"]["nonfinite"] == 0
+    if tensor_hashes:
+        assert len(read) == 3, "the tensor in three pieces is read for its sha256"
+        assert result.stats["fc.weight"]["sha256"] == hashlib.sha256(weight.numpy().tobytes()).hexdigest()
+        assert result.stats["fc.bias"]["sha256"] == hashlib.sha256(bias.numpy().tobytes()).hexdigest()
+    else:
+        assert read == [], "every tensor went file to file"
