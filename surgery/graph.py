@@ -42,11 +42,6 @@ class Span(NamedTuple):
         """Every piece of the tensor's bytes, in order."""
         return (self, *self.more)
 
-    @property
-    def total(self) -> int:
-        """The tensor's bytes, all pieces together."""
-        return self.nbytes + sum(piece.nbytes for piece in self.more)
-
 
 class Param:
     """A lazy tensor: shape and dtype now, data on ``read()``.

@@ -211,7 +211,7 @@ def write(graph: LayerGraph, path: str, *, metadata: dict[str, str] | None = Non
     ``write_parts``, when given, writes the file's data in parts instead of this
     process (``surgery.parallel``): the header fixes every tensor's offset before a
     byte of data is read, so this process writes the header and sizes the file, and
-    each run of tensors (``piece_work``) is written in place by one of ``processes``
+    each run of tensors (``run_work``) is written in place by one of ``processes``
     processes. ``target`` is the file the user named (``path`` is its temporary
     name), for messages.
     """
@@ -223,17 +223,17 @@ def write(graph: LayerGraph, path: str, *, metadata: dict[str, str] | None = Non
     with open(path, "wb") as f:
         f.write(header)
         f.truncate(len(header) + sum(p.nbytes for _, p in tensors))   # to disk with the rest, by the caller's rename
-    write_parts(piece_work(path, tensors, len(header), processes, target=target))
+    write_parts(run_work(path, tensors, len(header), processes, target=target))
 
 
-PIECES_PER_PROCESS = 4   # runs of one file per process: a process that finishes early takes another
+RUNS_PER_PROCESS = 4   # runs of one file per process: a process that finishes early takes another
 
 
-def piece_work(path: str, tensors: list[tuple[str, Param]], start: int, processes: int, *,
+def run_work(path: str, tensors: list[tuple[str, Param]], start: int, processes: int, *,
                target: str | None = None) -> list[Part]:
     """One file's tensors (data from offset ``start``) cut into runs of about equal bytes, each a part written in place."""
     out, offset = [], start
-    for keys, nbytes in runs([(k, p.nbytes) for k, p in tensors], max(processes, 1) * PIECES_PER_PROCESS):
+    for keys, nbytes in runs([(k, p.nbytes) for k, p in tensors], max(processes, 1) * RUNS_PER_PROCESS):
         out.append(Part(path, keys, nbytes, offset, target, kind="run"))
         offset += nbytes
     return out
@@ -410,7 +410,7 @@ def planned_parts(graph: LayerGraph, path: str, *, processes: int, max_shard_siz
         shards = plan_shards(graph, max_shard_size)
         return shard_work(shard_names(path, len(shards))[0], shards)
     tensors = list(stored(graph))
-    return piece_work(path, tensors, len(header_bytes(tensors, _single_metadata(graph))), processes)
+    return run_work(path, tensors, len(header_bytes(tensors, _single_metadata(graph))), processes)
 
 
 def planned_files(graph: LayerGraph, path: str, *, max_shard_size: int | None = None,

@@ -128,7 +128,7 @@ def test_jobs_write_one_file_from_a_sharded_source_in_parts(trainer_ckpt, tmp_pa
 
 
 def test_parts_of_one_file_cover_its_data_once_in_order(tmp_path):
-    from surgery.formats.safetensors import PIECES_PER_PROCESS, header_bytes, piece_work, stored
+    from surgery.formats.safetensors import RUNS_PER_PROCESS, header_bytes, run_work, stored
 
     rng = np.random.default_rng(0)
     from safetensors.numpy import save_file
@@ -139,17 +139,17 @@ def test_parts_of_one_file_cover_its_data_once_in_order(tmp_path):
     tensors = list(stored(surgery.load(tmp_path / "a.safetensors")))
     start = len(header_bytes(tensors, {"format": "pt"}))
     for processes in (1, 2, 3, 8):
-        pieces = piece_work("out", tensors, start, processes)
-        assert [k for p in pieces for k in p.keys] == [k for k, _ in tensors], processes
+        runs = run_work("out", tensors, start, processes)
+        assert [k for p in runs for k in p.keys] == [k for k, _ in tensors], processes
         offset = start
-        for piece in pieces:
-            assert piece.offset == offset and piece.nbytes == sum(dict(tensors)[k].nbytes for k in piece.keys)
-            offset += piece.nbytes
-        assert len(pieces) <= processes * PIECES_PER_PROCESS
-        share = -(-sum(p.nbytes for _, p in tensors) // (processes * PIECES_PER_PROCESS))
-        for piece in pieces[:-1]:   # each ends with the tensor that brought it to its share
-            assert piece.nbytes >= share and piece.nbytes - dict(tensors)[piece.keys[-1]].nbytes < share, piece
-        assert len(pieces) >= min(processes, 3), f"{processes} processes: {len(pieces)} parts"
+        for run in runs:
+            assert run.offset == offset and run.nbytes == sum(dict(tensors)[k].nbytes for k in run.keys)
+            offset += run.nbytes
+        assert len(runs) <= processes * RUNS_PER_PROCESS
+        share = -(-sum(p.nbytes for _, p in tensors) // (processes * RUNS_PER_PROCESS))
+        for run in runs[:-1]:   # each ends with the tensor that brought it to its share
+            assert run.nbytes >= share and run.nbytes - dict(tensors)[run.keys[-1]].nbytes < share, run
+        assert len(runs) >= min(processes, 3), f"{processes} processes: {len(runs)} parts"
 
 
 def test_jobs_with_an_output_that_is_not_split_are_refused_before_any_work(trainer_ckpt, tmp_path):

@@ -452,12 +452,8 @@ def write_records(path: str, tensors: list[tuple[str, Param]]) -> list[tuple[str
     places = []
     with open(path, "wb") as f:
         for key, param in tensors:
-            tensor = to_tensor(param.read())
-            if dtype_name(tensor.dtype) != param.dtype or tuple(tensor.shape) != param.shape:
-                raise fail(path, f"{key}: read as {dtype_name(tensor.dtype)}{list(tensor.shape)}, "
-                                 f"described as {param.dtype}{list(param.shape)}")
             buffer = io.BytesIO()
-            torch.save(tensor, buffer)
+            torch.save(to_tensor(param.read()), buffer)   # read() checks the data against its dtype and shape
             places.append((key, f.tell(), buffer.getbuffer().nbytes))
             f.write(buffer.getbuffer())
         f.flush()
